@@ -1,0 +1,121 @@
+-- _lib.lua: helpers prepended to every script by service/scripts.py (Redis has no `require`).
+--
+-- Conventions shared by the order scripts (create_order, hold_seats, cancel_order,
+-- begin_payment, mark_trying, record_attempt, expire_order):
+--   KEYS[1] flight hash   KEYS[2] change log stream   KEYS[3] deadline zset   KEYS[4] order hash
+--   KEYS[5..] seat keys (the order's current seats first, then any new ones)
+--   ARGV[1] flight pub/sub channel   ARGV[2] change-log length   ARGV[3] flight id
+--   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
+--   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
+--   ARGV[7] how long a terminal order stays readable (ms)
+-- Every refusal is raised before the first write: Redis does not roll back a failed script.
+
+local TERMINAL = {CONFIRMED = true, FAILED = true, EXPIRED = true, CANCELLED = true}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function fail(code, detail)
+  return redis.error_reply(code .. ' ' .. (detail or ''))
+end
+
+local function split_csv(s)
+  local out = {}
+  if s == nil or s == '' then return out end
+  for item in string.gmatch(s, '[^,]+') do out[#out + 1] = item end
+  return out
+end
+
+local function seat_id_of(key)
+  return string.match(key, ':([^:]+)$')
+end
+
+-- A seat value is 'H|<order>|<deadline ms>' (held, key expires at the deadline) or 'C|<order>' (sold).
+local function seat_owner(value)
+  if not value then return nil, nil end
+  local kind, owner = string.match(value, '^(%a)|([^|]+)')
+  return kind, owner
+end
+
+local function read_hash(key)
+  local flat = redis.call('HGETALL', key)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map
+end
+
+-- Loads an order and checks its token; nil means "not found" (a wrong token looks the same).
+local function load_order(order_key, token_hash)
+  local order = read_hash(order_key)
+  if order.orderId == nil then return nil end
+  if token_hash ~= '*' and order.tokenHash ~= token_hash then return nil end
+  return order
+end
+
+-- Appends one change to the flight's capped log and publishes it: the change, its version and its
+-- announcement are one atomic step.
+local function announce(flight_key, log_key, kind, changes)
+  local version = redis.call('HINCRBY', flight_key, 'version', 1)
+  local now = now_ms()
+  redis.call('HSET', flight_key, 'lastUpdated', now)
+  local payload = cjson.encode({t = kind, f = ARGV[3], v = version, u = now, c = changes})
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], version .. '-1', 'd', payload)
+  redis.call('PUBLISH', ARGV[1], payload)
+  return version
+end
+
+local function announce_seats(changes)
+  if next(changes) == nil then return nil end
+  return announce(KEYS[1], KEYS[2], 'seats', changes)
+end
+
+-- Writes order fields, bumps the order's version and publishes an order event.
+local function save_order(fields, ttl_ms)
+  local now = now_ms()
+  local version = redis.call('HINCRBY', KEYS[4], 'version', 1)
+  redis.call('HSET', KEYS[4], 'updatedAt', now, unpack(fields))
+  if ttl_ms then redis.call('PEXPIRE', KEYS[4], ttl_ms) end
+  redis.call('PUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version}))
+  return version
+end
+
+local function order_reply(status)
+  return {status, redis.call('HGETALL', KEYS[4])}
+end
+
+-- Releases every seat key in KEYS[first..] that this order still holds; records the changes.
+local function release_seats(first, changes)
+  local order_id = ARGV[4]
+  for i = first, #KEYS do
+    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    if kind == 'H' and owner == order_id then
+      redis.call('DEL', KEYS[i])
+      changes[seat_id_of(KEYS[i])] = {status = 'available'}
+    end
+  end
+  return changes
+end
+
+local function check_expected_seats(order)
+  local current = order.seats or ''
+  if current ~= ARGV[6] then return fail('STALE', current) end
+  return nil
+end
+
+local function hold_expired(order, now)
+  local deadline = tonumber(order.holdExpiresAt)
+  return deadline ~= nil and deadline <= now
+end
+
+-- Ends an order whose hold deadline passed: its seats go back on sale, the order is EXPIRED.
+local function expire_now(message)
+  local changes = release_seats(5, {})
+  redis.call('ZREM', KEYS[3], ARGV[4])
+  save_order({'state', 'EXPIRED', 'lastError', message}, tonumber(ARGV[7]))
+  announce_seats(changes)
+  return changes
+end
+
+local EXPIRED_MESSAGE = 'The hold expired before a successful payment; the seats were released.'

@@ -1,0 +1,34 @@
+-- begin_payment.lua: starts a payment submission and extends the holds so they cannot lapse
+-- while the attempts run.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
+-- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
+-- this long from now (ms)
+-- Returns {'OK', order} (state PAYING, paymentStatus trying) or {'EXPIRED', order}.
+-- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, NO_SEATS.
+local order = load_order(KEYS[4], ARGV[5])
+if not order then return fail('NOT_FOUND', ARGV[4]) end
+if TERMINAL[order.state] then return fail('CLOSED', order.state) end
+if order.state == 'PAYING' then return fail('PAYING') end
+local stale = check_expected_seats(order)
+if stale then return stale end
+if order.seats == '' or #KEYS < 5 then return fail('NO_SEATS') end
+
+local now = now_ms()
+if hold_expired(order, now) then
+  expire_now(EXPIRED_MESSAGE)
+  return order_reply('EXPIRED')
+end
+
+local order_id = ARGV[4]
+local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
+local changes = {}
+for i = 5, #KEYS do
+  local id = seat_id_of(KEYS[i])
+  redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
+  changes[id] = {status = 'held', expiresAt = deadline, o = order_id}
+end
+redis.call('ZADD', KEYS[3], deadline, order_id)
+save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
+            'lastError', '', 'holdExpiresAt', deadline}, nil)
+announce_seats(changes)
+return order_reply('OK')

@@ -1,0 +1,66 @@
+-- record_attempt.lua: records the outcome of one payment attempt, exactly once.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[5..] the
+--   order's seat keys.
+-- ARGV[8] payment id   ARGV[9] attemptsLeft the attempt started with (compare-and-set: a
+-- duplicate job run records nothing)   ARGV[10] outcome: success | declined | timeout
+-- ARGV[11] the gateway's message   ARGV[12] confirmation id (used on success)
+-- ARGV[13] release on failure: deadline | immediate   ARGV[14] attempts per order
+-- Success is fenced: it confirms only if the hold is still running and every seat is still held
+-- by this order; otherwise the order EXPIRES and nothing is sold.
+-- Returns {'CONFIRMED'|'LATE'|'RETRY'|'FAILED'|'NOOP', order}.
+-- Errors: STALE <seats>.
+local order = load_order(KEYS[4], ARGV[5])
+if not order then return {'NOOP', {}} end
+if order.state ~= 'PAYING' or order.paymentId ~= ARGV[8]
+   or order.attemptsLeft ~= ARGV[9] then
+  return order_reply('NOOP')
+end
+local stale = check_expected_seats(order)
+if stale then return stale end
+
+local now = now_ms()
+local order_id = ARGV[4]
+local retention = tonumber(ARGV[7])
+
+if ARGV[10] == 'success' then
+  local fenced = not hold_expired(order, now)
+  for i = 5, #KEYS do
+    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    if kind ~= 'H' or owner ~= order_id then fenced = false end
+  end
+  if not fenced then
+    local changes = release_seats(5, {})
+    redis.call('ZREM', KEYS[3], order_id)
+    save_order({'state', 'EXPIRED', 'paymentStatus', 'failed', 'lastError',
+      'The payment completed after the hold had expired; nothing was confirmed.'}, retention)
+    announce_seats(changes)
+    return order_reply('LATE')
+  end
+  local changes = {}
+  for i = 5, #KEYS do
+    redis.call('SET', KEYS[i], 'C|' .. order_id)
+    changes[seat_id_of(KEYS[i])] = {status = 'confirmed', o = order_id}
+  end
+  redis.call('HINCRBY', KEYS[1], 'sold', #KEYS - 4)
+  redis.call('ZREM', KEYS[3], order_id)
+  save_order({'state', 'CONFIRMED', 'paymentStatus', 'success', 'lastError', '',
+              'confirmationId', ARGV[12]}, retention)
+  announce_seats(changes)
+  return order_reply('CONFIRMED')
+end
+
+local left = tonumber(ARGV[9]) - 1
+if left > 0 then
+  save_order({'attemptsLeft', left, 'paymentStatus', 'retrying', 'lastError', ARGV[11]}, nil)
+  return order_reply('RETRY')
+end
+local message = 'Payment failed after ' .. ARGV[14] .. ' attempts: ' .. ARGV[11]
+local changes = {}
+if ARGV[13] == 'immediate' then
+  changes = release_seats(5, {})
+  redis.call('ZREM', KEYS[3], order_id)
+end
+save_order({'state', 'FAILED', 'attemptsLeft', 0, 'paymentStatus', 'failed',
+            'lastError', message}, retention)
+announce_seats(changes)
+return order_reply('FAILED')

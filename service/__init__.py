@@ -1,0 +1,1 @@
+"""seats: a Redis-backed, async seat-reservation service."""

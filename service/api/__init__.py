@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: decode, call the domain, encode. Errors are mapped in ``errors``."""

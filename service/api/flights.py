@@ -1,0 +1,80 @@
+"""Flight and seat-map endpoints."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import MediaType, Request, Response, get, put
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from service.api.deps import Services, bearer_token, decode_body, require_admin
+from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
+from service.orders import hash_token
+
+OrderIdQuery = Annotated[str | None, Parameter(query="orderId", required=False)]
+
+
+@get("/flights")
+async def list_flights(services: Services) -> list[Flight]:
+    """The catalogue."""
+    return await services.flights.catalogue()
+
+
+@get("/flights/{flight_id:str}")
+async def get_flight(flight_id: str, services: Services) -> Flight:
+    """One flight with its layout."""
+    return (await services.flights.layout(flight_id)).to_flight()
+
+
+@put("/flights/{flight_id:str}")
+async def put_flight(flight_id: str, request: Request[object, object, State], services: Services) -> Response[Flight]:
+    """Admin: create a flight (201) or replace its layout (200); 409 once seats are held or sold."""
+    require_admin(request, services.settings)
+    body = await decode_body(request, PutFlightRequest)
+    flight, created = await services.flights.put(flight_id, body)
+    return Response(flight, status_code=201 if created else 200)
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+@get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON)
+async def seat_map(
+    flight_id: str, request: Request[object, object, State], services: Services, order_id: OrderIdQuery = None
+) -> Response[SeatMap | bytes]:
+    """The seat map with ``ETag``; ``If-None-Match`` gives 304; ``mine`` for the order's token holder."""
+    token = bearer_token(request, allow_query=True)
+    mine = (order_id, hash_token(token)) if order_id and token else None
+    snapshot, mine_ok = await services.flights.snapshot(flight_id, mine)
+    etag = f'"{snapshot.hash}"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache"}
+    if _matches(request.headers.get("if-none-match"), etag):
+        return Response(b"", status_code=304, headers=headers)
+    if mine_ok and order_id:
+        return Response(snapshot.view(order_id), headers=headers)
+    return Response(snapshot.encoded_public(), headers=headers, media_type=MediaType.JSON)
+
+
+@get("/flights/{flight_id:str}/seats/version")
+async def seat_map_version(flight_id: str, services: Services) -> SeatMapVersion:
+    """The cheap poll: version, hash and lastUpdated."""
+    snapshot, _ = await services.flights.snapshot(flight_id)
+    return snapshot.version_view()
+
+
+@get("/flights/{flight_id:str}/available-seats")
+async def available_seats(flight_id: str, services: Services) -> AvailableSeats:
+    """The first version's summary, kept for old clients."""
+    snapshot, _ = await services.flights.snapshot(flight_id)
+    return snapshot.summary()
+
+
+ROUTES = [list_flights, get_flight, put_flight, seat_map, seat_map_version, available_seats]

@@ -1,0 +1,33 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from litestar import Response, get
+
+from service import keys
+from service.api.deps import Services
+from service.models import Readiness
+
+
+@get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers (no I/O)."""
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(services: Services) -> Response[Readiness]:
+    """Readiness: Redis answers and a script runs (the cache may have been flushed)."""
+    ok: list[str] = []
+    failing: dict[str, str] = {}
+    try:
+        await services.redis.ping()
+        ok.append("redis")
+        await services.scripts.run("due_orders", [keys.deadlines("readyz")], [1])
+        ok.append("scripts")
+    except Exception as exc:  # noqa: BLE001 - readiness reports every failure, whatever it is
+        failing["redis" if "redis" not in ok else "scripts"] = str(exc) or type(exc).__name__
+    return Response(Readiness(ok, failing), status_code=200 if not failing else 503)
+
+
+ROUTES = [healthz, readyz]

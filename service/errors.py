@@ -1,0 +1,119 @@
+"""The domain error hierarchy. ``service.api.errors`` maps it to HTTP in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SeatsError(Exception):
+    """Base of every error the service reports to a client."""
+
+    status_code = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class InvalidRequest(SeatsError):
+    """Malformed JSON or wrong JSON types."""
+
+
+class ValidationFailed(SeatsError):
+    """Well-formed input that breaks a rule (seat ids, selection size, payment code)."""
+
+    status_code = 422
+    code = "validation_failed"
+
+
+class Unauthorized(SeatsError):
+    """No token where one is required."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(SeatsError):
+    """A wrong admin token."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class FlightNotFound(SeatsError):
+    """The flight does not exist."""
+
+    status_code = 404
+    code = "flight_not_found"
+
+
+class OrderNotFound(SeatsError):
+    """The order does not exist, or the token is wrong (indistinguishable on purpose)."""
+
+    status_code = 404
+    code = "order_not_found"
+
+
+class Conflict(SeatsError):
+    """Base of the 409 refusals."""
+
+    status_code = 409
+    code = "conflict"
+
+
+class SeatsUnavailable(Conflict):
+    """A requested seat is held or sold by another order."""
+
+    code = "seats_unavailable"
+
+
+class OrderClosed(Conflict):
+    """The order is terminal."""
+
+    code = "order_closed"
+
+
+class PaymentInProgress(Conflict):
+    """The order is paying; it cannot pay again, change seats or cancel."""
+
+    code = "payment_in_progress"
+
+
+class NoSeatsHeld(Conflict):
+    """Paying an order that holds no seats."""
+
+    code = "no_seats_held"
+
+
+class OrderExists(Conflict):
+    """The order id is taken."""
+
+    code = "order_exists"
+
+
+class FlightInUse(Conflict):
+    """The flight's layout cannot change while seats are held or sold."""
+
+    code = "flight_in_use"
+
+
+class HoldLimitReached(Conflict):
+    """The order has held seats for ``SEATS_MAX_HOLD_SECONDS`` and cannot refresh again."""
+
+    code = "hold_limit_reached"
+
+
+class PayloadTooLarge(SeatsError):
+    """The body is over the limit."""
+
+    status_code = 413
+    code = "payload_too_large"
+
+
+class StoreUnavailable(SeatsError):
+    """Redis cannot be reached: the service answers 503 rather than guess."""
+
+    status_code = 503
+    code = "store_unavailable"

@@ -1,0 +1,47 @@
+"""The expiry sweeper: ends orders whose hold deadline passed and releases their seats.
+
+It reads each flight's deadline index (``due_orders.lua``, Redis's clock) and runs
+``expire_order.lua`` per due order. Keyspace notifications are not used: they are lossy and late.
+The seat keys' own TTL (PXAT = deadline) is the last line of defence when no sweeper runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from redis.exceptions import RedisError
+
+from service import errors, keys
+from service.orders import OrderScripts
+
+log = logging.getLogger("seats.expiry")
+
+BATCH = 200
+
+
+async def sweep_once(order_scripts: OrderScripts) -> int:
+    """Expire every due order of every flight once; returns how many orders changed."""
+    changed = 0
+    flight_ids = await order_scripts.redis.smembers(keys.CATALOG)
+    for flight_id in flight_ids:
+        due = await order_scripts.scripts.run("due_orders", [keys.deadlines(flight_id)], [BATCH])
+        for order_id in due:
+            seats = await order_scripts.redis.hget(keys.order(flight_id, order_id), "seats")
+            order_scripts.seen_seats.put(order_id, seats or "")
+            result = await order_scripts.expire(flight_id, order_id)
+            if result.status in ("EXPIRED", "RELEASED"):
+                changed += 1
+    return changed
+
+
+async def run_sweeper(order_scripts: OrderScripts, interval: float) -> None:
+    """Sweep every ``interval`` seconds until cancelled; Redis errors are logged and retried."""
+    while True:
+        try:
+            changed = await sweep_once(order_scripts)
+            if changed:
+                log.info("expired orders", extra={"count": changed})
+        except (RedisError, errors.StoreUnavailable, OSError) as exc:
+            log.warning("sweep failed: %s", exc)
+        await asyncio.sleep(interval)

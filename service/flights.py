@@ -1,0 +1,254 @@
+"""Flights: the catalogue, seat layouts and the seat map (read in one Redis round trip)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import redis.asyncio as aioredis
+
+from service import errors, keys
+from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion, SeatView, iso_ms
+from service.scripts import Refusal, Scripts
+from service.settings import Settings
+from service.store import store_call
+
+DEFAULT_FLIGHT = ("FL-001", 5, "ABCDEF")
+FLIGHT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+SEAT_ID_PATTERN = re.compile(r"^([1-9][0-9]{0,4})([A-Z])$")
+MAX_ROWS = 10_000
+MAX_CAPACITY = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A flight's seat layout as validated at revision ``rev``."""
+
+    flight_id: str
+    rows: int
+    columns: str
+    rev: str
+    created_at: int
+    seat_ids: tuple[str, ...] = field(repr=False)
+    seat_keys: tuple[str, ...] = field(repr=False)
+
+    @classmethod
+    def build(cls, flight_id: str, rows: int, columns: str, rev: str, created_at: int) -> Layout:
+        """Derive seat ids (row-major: 1A, 1B, …) and their keys once per revision."""
+        ids = tuple(f"{row}{col}" for row in range(1, rows + 1) for col in columns)
+        return cls(flight_id, rows, columns, rev, created_at, ids, tuple(keys.seat(flight_id, s) for s in ids))
+
+    def has_seat(self, seat_id: str) -> bool:
+        """Whether ``seat_id`` names a seat of this layout (upper-case letters only)."""
+        match = SEAT_ID_PATTERN.match(seat_id)
+        return bool(match) and int(match.group(1)) <= self.rows and match.group(2) in self.columns  # type: ignore[union-attr]
+
+    def to_flight(self) -> Flight:
+        """The catalogue entry."""
+        return Flight(self.flight_id, self.rows, self.columns, self.rows * len(self.columns))
+
+
+def check_flight_id(flight_id: str) -> None:
+    """Flight ids become part of Redis keys: letters, digits, ``_`` and ``-`` only."""
+    if not FLIGHT_ID_PATTERN.match(flight_id):
+        raise errors.FlightNotFound(f"Flight {flight_id!r} does not exist.", {"flightId": flight_id})
+
+
+def check_layout(body: PutFlightRequest) -> None:
+    """Reject layouts the seat-id scheme cannot express."""
+    columns = body.columns
+    if not 1 <= body.rows <= MAX_ROWS:
+        raise errors.ValidationFailed(f"rows must be between 1 and {MAX_ROWS}.", {"field": "rows"})
+    if not columns or len(set(columns)) != len(columns) or not all("A" <= c <= "Z" for c in columns):
+        raise errors.ValidationFailed(
+            "columns must be distinct upper-case letters, e.g. 'ABCDEF'.", {"field": "columns"}
+        )
+    if body.rows * len(columns) > MAX_CAPACITY:
+        raise errors.ValidationFailed(f"A flight holds at most {MAX_CAPACITY} seats.", {"field": "rows"})
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One read of a flight's seats, cached until its version changes or a hold in it lapses."""
+
+    layout: Layout
+    version: int
+    last_updated: int
+    seats: dict[str, SeatView]
+    owners: dict[str, str]
+    hash: str
+    valid_until: int
+    _encoded: bytes | None = None
+
+    def encoded_public(self) -> bytes:
+        """The map without ``mine`` marks, encoded once per snapshot (a 50k-seat map is large)."""
+        if self._encoded is None:
+            self._encoded = msgspec.json.encode(self.view(None))
+        return self._encoded
+
+    def view(self, mine_order: str | None) -> SeatMap:
+        """The seat map, with ``mine`` marks for ``mine_order``'s seats."""
+        seats = self.seats
+        if mine_order:
+            seats = dict(seats)
+            for seat_id, owner in self.owners.items():
+                if owner == mine_order:
+                    seats[seat_id] = msgspec.structs.replace(seats[seat_id], mine=True)
+        return SeatMap(self.layout.flight_id, self.version, self.hash, iso_ms(self.last_updated), seats)
+
+    def version_view(self) -> SeatMapVersion:
+        """The cheap poll's answer."""
+        return SeatMapVersion(self.layout.flight_id, self.version, self.hash, iso_ms(self.last_updated))
+
+    def summary(self) -> AvailableSeats:
+        """The first version's ``available-seats`` summary."""
+        grouped: dict[str, list[str]] = {"available": [], "held": [], "confirmed": []}
+        for seat_id, view in self.seats.items():
+            grouped[view.status].append(seat_id)
+        return AvailableSeats(
+            self.layout.flight_id, grouped["available"], grouped["held"], grouped["confirmed"], len(self.seats)
+        )
+
+
+_AVAILABLE = SeatView("available")
+_CONFIRMED = SeatView("confirmed")
+
+
+def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None], now_ms: int) -> Snapshot:
+    """Decode MGET results into a snapshot; a hold whose deadline passed reads as available."""
+    seats: dict[str, SeatView] = {}
+    owners: dict[str, str] = {}
+    digest = hashlib.blake2b(digest_size=16)
+    valid_until = 2**62
+    for seat_id, value in zip(layout.seat_ids, values, strict=True):
+        view = _AVAILABLE
+        if value is not None:
+            kind, owner, *rest = value.split("|")
+            if kind == "C":
+                view, owners[seat_id] = _CONFIRMED, owner
+            elif kind == "H" and int(rest[0]) > now_ms:
+                deadline = int(rest[0])
+                view, owners[seat_id] = SeatView("held", iso_ms(deadline)), owner
+                valid_until = min(valid_until, deadline)
+            if seat_id in owners:
+                digest.update(f"{seat_id}={value};".encode())
+        seats[seat_id] = view
+    digest.update(f"{layout.flight_id}|{layout.rev}".encode())
+    version = int(meta.get("version", 0))
+    return Snapshot(layout, version, int(meta["lastUpdated"]), seats, owners, digest.hexdigest(), valid_until)
+
+
+def redis_now_ms(time_reply: tuple[int, int]) -> int:
+    """Milliseconds from a Redis ``TIME`` reply: the service's one clock."""
+    seconds, micros = time_reply
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+class FlightStore:
+    """Flights and seat maps, with per-process caches of layouts and encoded snapshots."""
+
+    def __init__(self, client: aioredis.Redis, scripts: Scripts, settings: Settings) -> None:
+        self._redis = client
+        self._scripts = scripts
+        self._settings = settings
+        self._layouts: dict[str, Layout] = {}
+        self._snapshots: dict[str, Snapshot] = {}
+
+    async def ensure_catalogue(self) -> None:
+        """Create the default flight and those of ``SEATS_FLIGHTS`` when they are absent."""
+        wanted = [DEFAULT_FLIGHT]
+        if self._settings.flights_file:
+            for entry in json.loads(Path(self._settings.flights_file).read_text(encoding="utf-8")):
+                wanted.append((entry["flightId"], int(entry["rows"]), str(entry["columns"])))
+        for flight_id, rows, columns in wanted:
+            body = PutFlightRequest(rows=rows, columns=columns)
+            check_flight_id(flight_id)
+            check_layout(body)
+            await self._put(flight_id, body, mode="ensure")
+
+    async def put(self, flight_id: str, body: PutFlightRequest) -> tuple[Flight, bool]:
+        """Create a flight or replace its layout; returns the flight and whether it was created."""
+        check_flight_id(flight_id)
+        check_layout(body)
+        try:
+            status = await self._put(flight_id, body, mode="put")
+        except Refusal as refusal:
+            raise errors.FlightInUse(
+                f"Flight {flight_id} has held or sold seats; its layout cannot change.", {"flightId": flight_id}
+            ) from refusal
+        return (await self.layout(flight_id, refresh=True)).to_flight(), status == "CREATED"
+
+    async def _put(self, flight_id: str, body: PutFlightRequest, mode: str) -> str:
+        await store_call(self._redis.sadd(keys.CATALOG, flight_id))
+        reply = await self._scripts.run(
+            "put_flight",
+            [keys.flight(flight_id), keys.changes(flight_id), keys.deadlines(flight_id)],
+            [keys.events_channel(flight_id), self._settings.change_log_length, flight_id,
+             body.rows, body.columns, body.rows * len(body.columns), mode],
+        )
+        self._layouts.pop(flight_id, None)
+        return str(reply[0])
+
+    async def catalogue(self) -> list[Flight]:
+        """Every flight, sorted by id."""
+        flight_ids = sorted(await store_call(self._redis.smembers(keys.CATALOG)))
+        return [(await self.layout(f)).to_flight() for f in flight_ids]
+
+    async def layout(self, flight_id: str, *, refresh: bool = False) -> Layout:
+        """The flight's layout (cached; refreshed when a script reports a newer revision)."""
+        check_flight_id(flight_id)
+        cached = self._layouts.get(flight_id)
+        if cached is not None and not refresh:
+            return cached
+        meta = await store_call(self._redis.hgetall(keys.flight(flight_id)))
+        if not meta:
+            raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
+        layout = Layout.build(flight_id, int(meta["rows"]), meta["columns"], meta["layoutRev"], int(meta["createdAt"]))
+        self._layouts[flight_id] = layout
+        return layout
+
+    async def snapshot(self, flight_id: str, mine: tuple[str, str] | None = None) -> tuple[Snapshot, bool]:
+        """The current seat snapshot and whether ``mine`` = (order id, token hash) is valid.
+
+        One round trip when the cached snapshot is current (same version, no hold lapsed since),
+        two when the seats must be read again; never one per seat.
+        """
+        layout = await self.layout(flight_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hmget(keys.flight(flight_id), ["version", "layoutRev"])
+        pipe.time()
+        if mine:
+            pipe.hget(keys.order(flight_id, mine[0]), "tokenHash")
+        replies = await store_call(pipe.execute())
+        (version, rev), now = replies[0], redis_now_ms(replies[1])
+        mine_ok = bool(mine) and replies[2] is not None and _same(replies[2], mine[1] if mine else "")
+        if version is None:
+            raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
+        cached = self._snapshots.get(flight_id)
+        if cached and cached.layout.rev == rev and cached.version == int(version) and now < cached.valid_until:
+            return cached, mine_ok
+        return await self._read_seats(flight_id, layout if layout.rev == rev else None), mine_ok
+
+    async def _read_seats(self, flight_id: str, layout: Layout | None) -> Snapshot:
+        for _ in range(3):
+            layout = layout or await self.layout(flight_id, refresh=True)
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.hgetall(keys.flight(flight_id))
+            pipe.mget(list(layout.seat_keys))
+            pipe.time()
+            meta, values, time_reply = await store_call(pipe.execute())
+            if meta.get("layoutRev") == layout.rev:
+                snapshot = build_snapshot(layout, meta, values, redis_now_ms(time_reply))
+                self._snapshots[flight_id] = snapshot
+                return snapshot
+            layout = None
+        raise errors.StoreUnavailable("The flight's layout kept changing while it was read.")
+
+
+def _same(stored: str, presented: str) -> bool:
+    return hmac.compare_digest(stored.encode(), presented.encode())

@@ -1,0 +1,74 @@
+"""The Redis key schema: the only place key names are built.
+
+Every key of one flight carries the hash tag ``{flightId}`` so each Lua script touches one
+Redis Cluster slot. README's "Redis key schema" section mirrors this module.
+
+=================================  ======  ===================================================
+key                                type    contents
+=================================  ======  ===================================================
+``seats:catalog``                  set     flight ids (the sweeper's and ``GET /flights``' list)
+``seats:order-flight:{orderId}``   string  the flight of an order (orders are addressed by id)
+``seats:{F}:flight``               hash    rows, columns, capacity, createdAt, version,
+                                           lastUpdated, layoutRev, sold
+``seats:{F}:seat:{seatId}``        string  ``H|<order>|<deadline ms>`` with PXAT = deadline
+                                           (held) or ``C|<order>`` without TTL (sold);
+                                           absent = available
+``seats:{F}:order:{orderId}``      hash    the order (see ``service.orders``), TTL'd
+``seats:{F}:deadlines``            zset    order id -> hold deadline (ms), swept by the worker
+``seats:{F}:changes``              stream  the last ``SEATS_CHANGE_LOG_LENGTH`` changes, id =
+                                           ``<version>-1``
+``seats:{F}:events``               pubsub  the same changes, live (a channel, not a key)
+``seats:gateway:{paymentId}:{n}``  string  the simulated gateway's idempotency record
+=================================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+CATALOG = "seats:catalog"
+GATEWAY_CHARGES = "seats:gateway:charges"
+EVENTS_PATTERN = "seats:{*}:events"
+
+
+def order_flight(order_id: str) -> str:
+    """Which flight an order belongs to."""
+    return f"seats:order-flight:{{{order_id}}}"
+
+
+def flight(flight_id: str) -> str:
+    """The flight's layout, version and counters."""
+    return f"seats:{{{flight_id}}}:flight"
+
+
+def seat(flight_id: str, seat_id: str) -> str:
+    """One seat's hold or sale."""
+    return f"seats:{{{flight_id}}}:seat:{seat_id}"
+
+
+def order(flight_id: str, order_id: str) -> str:
+    """One order's fields."""
+    return f"seats:{{{flight_id}}}:order:{order_id}"
+
+
+def deadlines(flight_id: str) -> str:
+    """The flight's hold-deadline index."""
+    return f"seats:{{{flight_id}}}:deadlines"
+
+
+def changes(flight_id: str) -> str:
+    """The flight's capped change log."""
+    return f"seats:{{{flight_id}}}:changes"
+
+
+def events_channel(flight_id: str) -> str:
+    """The flight's pub/sub channel."""
+    return f"seats:{{{flight_id}}}:events"
+
+
+def flight_of_channel(channel: str) -> str:
+    """Inverse of :func:`events_channel`."""
+    return channel[len("seats:{") : -len("}:events")]
+
+
+def gateway_charge(idempotency_key: str) -> str:
+    """The simulated gateway's record of one charge attempt."""
+    return f"seats:gateway:{idempotency_key}"

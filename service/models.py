@@ -1,0 +1,145 @@
+"""Wire types: every request and response body, camelCased in one place."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+import msgspec
+
+OrderState = Literal["PENDING", "SEATS_SELECTED", "PAYING", "CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"]
+TERMINAL_STATES: frozenset[str] = frozenset({"CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"})
+PaymentStatus = Literal["trying", "retrying", "failed", "success"]
+SeatStatus = Literal["available", "held", "confirmed"]
+
+
+class Wire(msgspec.Struct, rename="camel", omit_defaults=False):
+    """Base of response bodies: camelCase field names."""
+
+
+class Request(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """Base of request bodies: camelCase and strict about unknown fields."""
+
+
+def iso_ms(epoch_ms: int) -> str:
+    """RFC 3339 UTC with milliseconds and a ``Z``: ``2026-11-24T10:15:00.123Z``."""
+    stamp = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+
+
+# --- requests ---------------------------------------------------------------------------
+
+
+class CreateOrderRequest(Request, kw_only=True):
+    """``POST /orders``; the first version's ``flightID``/``orderID`` spellings are accepted."""
+
+    flight_id: str | None = None
+    order_id: str | None = None
+    legacy_flight_id: str | None = msgspec.field(default=None, name="flightID")
+    legacy_order_id: str | None = msgspec.field(default=None, name="orderID")
+
+
+class SelectSeatsRequest(Request):
+    """``POST /orders/{id}/seats``: the complete desired selection."""
+
+    seats: list[str]
+
+
+class PaymentRequest(Request):
+    """``POST /orders/{id}/payment``: the 5-digit code (checked by hand, see ``orders``)."""
+
+    code: str
+
+
+class PutFlightRequest(Request):
+    """``PUT /flights/{id}``: rows numbered from 1, one letter per column."""
+
+    rows: int
+    columns: str
+
+
+# --- responses --------------------------------------------------------------------------
+
+
+class Flight(Wire):
+    """A flight of the catalogue."""
+
+    flight_id: str
+    rows: int
+    columns: str
+    capacity: int
+
+
+class Order(Wire):
+    """The order as clients see it."""
+
+    order_id: str
+    flight_id: str
+    state: OrderState
+    seats: list[str]
+    hold_expires_at: str | None
+    attempts_left: int
+    payment_status: PaymentStatus | None
+    last_error: str | None
+    confirmation_id: str | None
+    version: int
+    created_at: str
+    updated_at: str
+
+
+class CreatedOrder(Order):
+    """``POST /orders`` answer: the order plus its secret token (shown once)."""
+
+    token: str
+
+
+class SeatView(Wire, omit_defaults=True):
+    """One seat on the map; ``expiresAt`` only while held, ``mine`` only for the owner."""
+
+    status: SeatStatus
+    expires_at: str | None = None
+    mine: bool | None = None
+
+
+class SeatMap(Wire):
+    """``GET /flights/{id}/seats``."""
+
+    flight_id: str
+    version: int
+    hash: str
+    last_updated: str
+    seats: dict[str, SeatView]
+
+
+class SeatMapVersion(Wire):
+    """``GET /flights/{id}/seats/version``: the cheap poll."""
+
+    flight_id: str
+    version: int
+    hash: str
+    last_updated: str
+
+
+class AvailableSeats(Wire):
+    """``GET /flights/{id}/available-seats``: the first version's summary."""
+
+    flight_id: str
+    available: list[str]
+    held: list[str]
+    confirmed: list[str]
+    total: int
+
+
+class ErrorBody(msgspec.Struct):
+    """Every error: ``{"error", "message", "details"}``."""
+
+    error: str
+    message: str
+    details: dict[str, object]
+
+
+class Readiness(msgspec.Struct):
+    """``/readyz``: which checks pass and which fail (with why)."""
+
+    ok: list[str]
+    failing: dict[str, str]

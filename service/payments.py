@@ -1,0 +1,113 @@
+"""Payments: the simulated gateway and the idempotent attempt loop the worker runs.
+
+A submission is one arq job (job id = payment id). Each attempt is fenced by a compare-and-set
+on ``attemptsLeft``: a job that runs twice (arq is at-least-once) re-enters at the first attempt
+whose outcome was never recorded, and asks the gateway with the same idempotency key
+``<paymentId>:<attempt>``, so it neither spends an extra attempt nor charges twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from service import keys
+from service.orders import TRUSTED, OrderScripts
+from service.settings import Settings
+
+log = logging.getLogger("seats.payments")
+
+GATEWAY_RECORD_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayResult:
+    """One attempt's outcome: ``success``, ``declined`` or ``timeout``, with the gateway's words."""
+
+    outcome: str
+    message: str
+
+
+class SimulatedGateway:
+    """A payment gateway that takes ``latency`` seconds and declines with ``failure_rate``.
+
+    Like a real gateway it is idempotent per key: asking again with a key it has answered
+    returns the recorded answer without a second charge.
+    """
+
+    def __init__(self, client: aioredis.Redis, settings: Settings, rng: random.Random | None = None) -> None:
+        self._redis = client
+        self._latency = settings.payment_latency_seconds
+        self._failure_rate = settings.payment_failure_rate
+        self._rng = rng or random.Random()
+
+    async def charge(self, idempotency_key: str) -> GatewayResult:
+        """Charge once per key; returns ``success`` or ``declined``."""
+        record_key = keys.gateway_charge(idempotency_key)
+        recorded = await self._redis.get(record_key)
+        if recorded is not None:
+            outcome, _, message = str(recorded).partition("|")
+            return GatewayResult(outcome, message)
+        if self._latency > 0:
+            await asyncio.sleep(self._latency)
+        declined = self._rng.random() < self._failure_rate
+        result = GatewayResult("declined", "The payment was declined.") if declined else GatewayResult("success", "")
+        stored = await self._redis.set(
+            record_key, f"{result.outcome}|{result.message}", nx=True, ex=GATEWAY_RECORD_SECONDS
+        )
+        if not stored:  # a concurrent duplicate answered first: its answer is the answer
+            return await self.charge(idempotency_key)
+        if result.outcome == "success":
+            await self._redis.incr(keys.GATEWAY_CHARGES)
+        return result
+
+
+async def attempt_with_timeout(gateway: SimulatedGateway, key: str, timeout: float) -> GatewayResult:
+    """One validation bounded by ``SEATS_PAYMENT_TIMEOUT_SECONDS``; a timeout is a failed attempt."""
+    try:
+        return await asyncio.wait_for(gateway.charge(key), timeout)
+    except TimeoutError:
+        return GatewayResult("timeout", f"The payment gateway did not answer within {timeout:g} s.")
+
+
+async def process_payment(
+    order_scripts: OrderScripts, gateway: SimulatedGateway, settings: Settings,
+    flight_id: str, order_id: str, payment_id: str,
+) -> str:
+    """Run a submission's attempts until CONFIRMED, FAILED, LATE or nothing is left to do."""
+    attempts_total = settings.payment_attempts
+    for _ in range(attempts_total + 1):
+        fields = await order_scripts.redis.hmget(keys.order(flight_id, order_id), ["attemptsLeft", "seats"])
+        attempts_left, seats = fields
+        if attempts_left is None:
+            return "GONE"
+        order_scripts.seen_seats.put(order_id, seats or "")
+        started = await order_scripts.run(
+            "mark_trying", flight_id, order_id, TRUSTED, [payment_id, attempts_left]
+        )
+        if started.status != "OK":
+            return started.status
+        attempt_no = attempts_total - int(attempts_left) + 1
+        result = await attempt_with_timeout(
+            gateway, f"{payment_id}:{attempt_no}", settings.payment_timeout_seconds
+        )
+        recorded = await order_scripts.run(
+            "record_attempt", flight_id, order_id, TRUSTED,
+            [payment_id, attempts_left, result.outcome, result.message, _confirmation_id(),
+             settings.release_on_failure, attempts_total],
+        )
+        log.info("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
+                                           "recorded": recorded.status})
+        if recorded.status != "RETRY":
+            return recorded.status
+        await asyncio.sleep(settings.payment_backoff_seconds)
+    return "EXHAUSTED"
+
+
+def _confirmation_id() -> str:
+    return "CNF-" + secrets.token_hex(5).upper()

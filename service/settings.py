@@ -1,0 +1,126 @@
+"""Every tunable of the service, read once from ``SEATS_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+ReleaseMode = Literal["deadline", "immediate"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """One frozen source of truth for constants; tests and the load harness override fields."""
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue_redis_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    hold_seconds: float = 900.0
+    max_hold_seconds: float = 7200.0
+    payment_timeout_seconds: float = 10.0
+    payment_attempts: int = 3
+    payment_failure_rate: float = 0.15
+    payment_latency_seconds: float = 1.0
+    payment_backoff_seconds: float = 0.5
+    max_seats_per_order: int = 10
+    release_on_failure: ReleaseMode = "deadline"
+    order_retention_seconds: float = 7 * 24 * 3600.0
+    admin_token: str | None = None
+    flights_file: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    change_log_length: int = 1000
+    sweep_interval_seconds: float = 0.2
+    max_body_bytes: int = 64 * 1024
+    redis_max_connections: int = 64
+    graceful_shutdown_seconds: float = 3.0
+    worker_max_jobs: int = 100
+    worker_poll_delay_seconds: float = 0.01
+
+    @property
+    def queue_url(self) -> str:
+        """arq's Redis: ``SEATS_QUEUE_REDIS_URL``, defaulting to the data Redis."""
+        return self.queue_redis_url or self.redis_url
+
+    @property
+    def payment_job_timeout_seconds(self) -> float:
+        """The longest a payment job can legitimately run: every attempt, timeout and backoff."""
+        attempts = self.payment_attempts
+        return attempts * self.payment_timeout_seconds + attempts * self.payment_backoff_seconds + 5
+
+    @property
+    def payment_window_seconds(self) -> float:
+        """How long holds are extended on payment: a full job plus arq's re-run delay after a crash.
+
+        arq re-runs a job whose worker died once its in-progress key lapses (job timeout + 10 s),
+        so the holds must outlive that for the re-run to still confirm.
+        """
+        return 2 * self.payment_job_timeout_seconds + 15
+
+    @property
+    def order_ttl_seconds(self) -> float:
+        """How long a non-terminal order may exist before Redis forgets it."""
+        return self.max_hold_seconds + self.payment_window_seconds + self.order_retention_seconds
+
+
+_ENV_NAMES: dict[str, str] = {
+    "redis_url": "SEATS_REDIS_URL",
+    "queue_redis_url": "SEATS_QUEUE_REDIS_URL",
+    "host": "SEATS_HOST",
+    "port": "SEATS_PORT",
+    "hold_seconds": "SEATS_HOLD_SECONDS",
+    "max_hold_seconds": "SEATS_MAX_HOLD_SECONDS",
+    "payment_timeout_seconds": "SEATS_PAYMENT_TIMEOUT_SECONDS",
+    "payment_attempts": "SEATS_PAYMENT_ATTEMPTS",
+    "payment_failure_rate": "SEATS_PAYMENT_FAILURE_RATE",
+    "payment_latency_seconds": "SEATS_PAYMENT_LATENCY_SECONDS",
+    "payment_backoff_seconds": "SEATS_PAYMENT_BACKOFF_SECONDS",
+    "max_seats_per_order": "SEATS_MAX_SEATS_PER_ORDER",
+    "release_on_failure": "SEATS_RELEASE_ON_FAILURE",
+    "order_retention_seconds": "SEATS_ORDER_RETENTION_SECONDS",
+    "admin_token": "SEATS_ADMIN_TOKEN",
+    "flights_file": "SEATS_FLIGHTS",
+    "cors_origins": "SEATS_CORS_ORIGINS",
+    "change_log_length": "SEATS_CHANGE_LOG_LENGTH",
+    "sweep_interval_seconds": "SEATS_SWEEP_INTERVAL_SECONDS",
+    "max_body_bytes": "SEATS_MAX_BODY_BYTES",
+    "redis_max_connections": "SEATS_REDIS_MAX_CONNECTIONS",
+    "graceful_shutdown_seconds": "SEATS_GRACEFUL_SHUTDOWN_SECONDS",
+    "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
+    "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
+}
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value its setting cannot take."""
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from ``SEATS_*`` variables (and explicit overrides), validating types."""
+    source = os.environ if env is None else env
+    raw: dict[str, object] = {}
+    for field, name in _ENV_NAMES.items():
+        value = source.get(name)
+        if value is None or value == "":
+            continue
+        raw[field] = [o.strip() for o in value.split(",") if o.strip()] if field == "cors_origins" else value
+    raw.update(overrides)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"invalid SEATS_* setting: {exc}") from exc
+    _check_ranges(settings)
+    return settings
+
+
+def _check_ranges(settings: Settings) -> None:
+    if not 0.0 <= settings.payment_failure_rate <= 1.0:
+        raise SettingsError("SEATS_PAYMENT_FAILURE_RATE must be between 0 and 1")
+    if settings.payment_attempts < 1:
+        raise SettingsError("SEATS_PAYMENT_ATTEMPTS must be at least 1")
+    if settings.hold_seconds <= 0 or settings.max_hold_seconds < settings.hold_seconds:
+        raise SettingsError("SEATS_HOLD_SECONDS must be positive and at most SEATS_MAX_HOLD_SECONDS")
+    if settings.max_seats_per_order < 1:
+        raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")

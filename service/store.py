@@ -1,0 +1,36 @@
+"""Redis connection handling shared by the API and the worker."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from service import errors
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+def connect(url: str, settings: Settings) -> aioredis.Redis:
+    """A pooled client with bounded connections and fast failure when Redis is gone."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        decode_responses=True,
+        max_connections=settings.redis_max_connections,
+        timeout=5,
+        socket_connect_timeout=2.0,
+        socket_timeout=5.0,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+async def store_call(call: Awaitable[T]) -> T:
+    """Await a Redis call; a lost connection becomes StoreUnavailable (503), never a guess."""
+    try:
+        return await call
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc

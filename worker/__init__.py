@@ -1,0 +1,1 @@
+"""The arq worker: payment jobs and the expiry sweeper."""
