@@ -25,7 +25,7 @@ from service.store import connect
 from worker.jobs import process_payment
 
 
-def build_worker(settings: Settings) -> Worker:
+def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
     """An arq Worker for ``settings``: jobs, sweeper task and the resources they share."""
 
     async def startup(ctx: dict[str, Any]) -> None:
@@ -61,7 +61,8 @@ def build_worker(settings: Settings) -> Worker:
         job_timeout=settings.payment_job_timeout_seconds,
         keep_result=3600,
         max_tries=5,
-        handle_signals=True,
+        handle_signals=not burst,
+        burst=burst,
     )
 
 

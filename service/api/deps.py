@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from service import errors
 from service.flights import FlightStore
@@ -31,6 +32,9 @@ class Services:
     scripts: Scripts
     flights: FlightStore
     orders: OrderStore
+
+
+ServicesDep = NamedDependency[Services]
 
 
 def services_from_state(state: State) -> Services:

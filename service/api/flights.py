@@ -6,29 +6,29 @@ from typing import Annotated
 
 from litestar import MediaType, Request, Response, get, put
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 
-from service.api.deps import Services, bearer_token, decode_body, require_admin
+from service.api.deps import ServicesDep, bearer_token, decode_body, require_admin
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
 
-OrderIdQuery = Annotated[str | None, Parameter(query="orderId", required=False)]
+OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
 
 
 @get("/flights")
-async def list_flights(services: Services) -> list[Flight]:
+async def list_flights(services: ServicesDep) -> list[Flight]:
     """The catalogue."""
     return await services.flights.catalogue()
 
 
 @get("/flights/{flight_id:str}")
-async def get_flight(flight_id: str, services: Services) -> Flight:
+async def get_flight(flight_id: FromPath[str], services: ServicesDep) -> Flight:
     """One flight with its layout."""
     return (await services.flights.layout(flight_id)).to_flight()
 
 
 @put("/flights/{flight_id:str}")
-async def put_flight(flight_id: str, request: Request[object, object, State], services: Services) -> Response[Flight]:
+async def put_flight(flight_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Response[Flight]:
     """Admin: create a flight (201) or replace its layout (200); 409 once seats are held or sold."""
     require_admin(request, services.settings)
     body = await decode_body(request, PutFlightRequest)
@@ -48,7 +48,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 @get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON)
 async def seat_map(
-    flight_id: str, request: Request[object, object, State], services: Services, order_id: OrderIdQuery = None
+    flight_id: FromPath[str], request: Request[object, object, State], services: ServicesDep, order_id: OrderIdQuery = None
 ) -> Response[SeatMap | bytes]:
     """The seat map with ``ETag``; ``If-None-Match`` gives 304; ``mine`` for the order's token holder."""
     token = bearer_token(request, allow_query=True)
@@ -64,14 +64,14 @@ async def seat_map(
 
 
 @get("/flights/{flight_id:str}/seats/version")
-async def seat_map_version(flight_id: str, services: Services) -> SeatMapVersion:
+async def seat_map_version(flight_id: FromPath[str], services: ServicesDep) -> SeatMapVersion:
     """The cheap poll: version, hash and lastUpdated."""
     snapshot, _ = await services.flights.snapshot(flight_id)
     return snapshot.version_view()
 
 
 @get("/flights/{flight_id:str}/available-seats")
-async def available_seats(flight_id: str, services: Services) -> AvailableSeats:
+async def available_seats(flight_id: FromPath[str], services: ServicesDep) -> AvailableSeats:
     """The first version's summary, kept for old clients."""
     snapshot, _ = await services.flights.snapshot(flight_id)
     return snapshot.summary()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import Response, get
 
 from service import keys
-from service.api.deps import Services
+from service.api.deps import ServicesDep
 from service.models import Readiness
 
 
@@ -16,7 +16,7 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz")
-async def readyz(services: Services) -> Response[Readiness]:
+async def readyz(services: ServicesDep) -> Response[Readiness]:
     """Readiness: Redis answers and a script runs (the cache may have been flushed)."""
     ok: list[str] = []
     failing: dict[str, str] = {}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 
 from service import errors
-from service.api.deps import Services, decode_body, require_token
+from service.api.deps import ServicesDep, decode_body, require_token
 from service.models import CreatedOrder, CreateOrderRequest, Order, PaymentRequest, SelectSeatsRequest
 
 
 @post("/orders")
-async def create_order(request: Request[object, object, State], services: Services) -> Response[CreatedOrder]:
+async def create_order(request: Request[object, object, State], services: ServicesDep) -> Response[CreatedOrder]:
     """Create an order (201) with its secret token; ``orderId`` is generated when absent."""
     body = await decode_body(request, CreateOrderRequest)
     flight_id = body.flight_id or body.legacy_flight_id
@@ -22,13 +23,13 @@ async def create_order(request: Request[object, object, State], services: Servic
 
 
 @get(["/orders/{order_id:str}", "/orders/{order_id:str}/status"])
-async def get_order(order_id: str, request: Request[object, object, State], services: Services) -> Order:
+async def get_order(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
     """The order."""
     return await services.orders.get(order_id, require_token(request))
 
 
 @post("/orders/{order_id:str}/seats", status_code=200)
-async def select_seats(order_id: str, request: Request[object, object, State], services: Services) -> Order:
+async def select_seats(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
     """Swap the selection atomically; 409 ``seats_unavailable`` names the taken seats."""
     token = require_token(request)
     body = await decode_body(request, SelectSeatsRequest)
@@ -36,7 +37,7 @@ async def select_seats(order_id: str, request: Request[object, object, State], s
 
 
 @post("/orders/{order_id:str}/payment", status_code=202)
-async def pay(order_id: str, request: Request[object, object, State], services: Services) -> Order:
+async def pay(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
     """Submit the 5-digit code: 202 with the order PAYING; the worker runs the attempts."""
     token = require_token(request)
     body = await decode_body(request, PaymentRequest)
@@ -44,7 +45,7 @@ async def pay(order_id: str, request: Request[object, object, State], services: 
 
 
 @delete("/orders/{order_id:str}", status_code=200)
-async def cancel_order(order_id: str, request: Request[object, object, State], services: Services) -> Order:
+async def cancel_order(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
     """Cancel the order; its seats are released at once."""
     return await services.orders.cancel(order_id, require_token(request))
 

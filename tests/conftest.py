@@ -1,0 +1,239 @@
+"""Shared fixtures: a private redis-server per session, settings, an in-process API client and
+real processes (``seats api`` / ``seats worker``) started the way a user starts them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from service.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server on a free port that tests may stop and restart."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is required for the tests (.ci/run installs it)"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log")],
+            start_new_session=True,
+        )
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if client.ping():
+                    client.close()
+                    return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        """Kill -9 and start again on the same port (data is lost: no persistence)."""
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One private redis-server for the session; never the one that may run on 6379."""
+    with tempfile.TemporaryDirectory(prefix="seats-test-redis-") as data_dir:
+        server = RedisServer(free_port(), Path(data_dir))
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private server's URL, emptied before each test."""
+    if redis_server.process is None or redis_server.process.poll() is not None:
+        redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+@pytest.fixture
+def make_settings(redis_url: str) -> Callable[..., Settings]:
+    """Factory: settings on the private Redis, deterministic payments unless overridden."""
+
+    def make(**overrides: Any) -> Settings:
+        defaults: dict[str, Any] = {
+            "redis_url": redis_url,
+            "payment_failure_rate": 0.0,
+            "payment_latency_seconds": 0.0,
+            "payment_backoff_seconds": 0.05,
+            "admin_token": "admin-secret",
+        }
+        defaults.update(overrides)
+        return load_settings({}, **defaults)
+
+    return make
+
+
+@dataclass
+class Processes:
+    """Real ``seats`` processes, each in its own process group."""
+
+    base_env: dict[str, str]
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def spawn(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log_file = Path(tempfile.mkstemp(prefix="seats-proc-", suffix=".log")[1])
+        handle = log_file.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args],
+            env={**self.base_env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=REPO,
+        )
+        self.started.append(process)
+        self.logs.append(log_file)
+        return process
+
+    def api(self, env: dict[str, str] | None = None) -> str:
+        """Start ``seats api`` on a free port; returns its base URL once /readyz answers 200."""
+        port = free_port()
+        process = self.spawn("api", env={"SEATS_PORT": str(port), **(env or {})})
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(base, process, self)
+        return base
+
+    def worker(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``seats worker`` (the supervisor and its arq child)."""
+        return self.spawn("worker", env=env)
+
+    def output(self) -> str:
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs)
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for process in self.started:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes], processes: Processes, timeout: float = 30) -> None:
+    """Wait for ``/readyz`` = 200; fail with the process output if it dies or never gets ready."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode}:\n{processes.output()}")
+        try:
+            with urllib.request.urlopen(f"{base}/readyz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{base} not ready in {timeout}s:\n{processes.output()}")
+
+
+@pytest.fixture
+def processes(redis_url: str) -> Iterator[Processes]:
+    """Factory for real ``seats`` processes against the private Redis; all stopped afterwards."""
+    env = {
+        **os.environ,
+        "SEATS_REDIS_URL": redis_url,
+        "SEATS_PAYMENT_FAILURE_RATE": "0",
+        "SEATS_PAYMENT_LATENCY_SECONDS": "0",
+        "SEATS_PAYMENT_BACKOFF_SECONDS": "0.05",
+        "SEATS_ADMIN_TOKEN": "admin-secret",
+        "PYTHONUNBUFFERED": "1",
+    }
+    procs = Processes(env)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def make_client(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., Any]]:
+    """Factory: an in-process API client (Litestar TestClient) on the private Redis."""
+    from litestar.testing import TestClient
+
+    from service.app import create_app
+
+    clients: list[Any] = []
+
+    def make(**overrides: Any) -> Any:
+        client = TestClient(create_app(make_settings(**overrides)))
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client: Callable[..., Any]) -> Any:
+    """An API client with default test settings."""
+    return make_client()
+
+
+def run_worker_burst(settings: Settings) -> None:
+    """Run the real arq worker until its queue is empty (jobs as in production, no polling loop)."""
+    import asyncio
+
+    from worker.main import build_worker
+
+    async def run() -> None:
+        worker = build_worker(settings, burst=True)
+        try:
+            await worker.async_run()
+        finally:
+            await worker.close()
+
+    asyncio.run(run())
