@@ -85,16 +85,21 @@ local function order_reply(status)
   return {status, redis.call('HGETALL', KEYS[4])}
 end
 
+-- Releases one seat of this order. A key already gone lapsed by its TTL at the deadline: that
+-- release still needs announcing. A seat another order holds now is left alone.
+local function release_seat(key, changes)
+  local kind, owner = seat_owner(redis.call('GET', key))
+  if kind == 'H' and owner == ARGV[4] then
+    redis.call('DEL', key)
+    changes[seat_id_of(key)] = {status = 'available'}
+  elseif kind == nil then
+    changes[seat_id_of(key)] = {status = 'available'}
+  end
+end
+
 -- Releases every seat key in KEYS[first..] that this order still holds; records the changes.
 local function release_seats(first, changes)
-  local order_id = ARGV[4]
-  for i = first, #KEYS do
-    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
-    if kind == 'H' and owner == order_id then
-      redis.call('DEL', KEYS[i])
-      changes[seat_id_of(KEYS[i])] = {status = 'available'}
-    end
-  end
+  for i = first, #KEYS do release_seat(KEYS[i], changes) end
   return changes
 end
 

@@ -51,11 +51,7 @@ for i = 5, #KEYS do
     redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
     changes[id] = {status = 'held', expiresAt = deadline, o = order_id}
   else
-    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
-    if kind == 'H' and owner == order_id then
-      redis.call('DEL', KEYS[i])
-      changes[id] = {status = 'available'}
-    end
+    release_seat(KEYS[i], changes)
   end
 end
 redis.call('ZADD', KEYS[3], deadline, order_id)
