@@ -36,6 +36,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = 64 * 1024
     redis_max_connections: int = 64
     graceful_shutdown_seconds: float = 3.0
+    sse_heartbeat_seconds: float = 15.0
+    sse_max_stream_seconds: float = 1800.0
+    sse_retry_ms: int = 3000
+    sse_client_queue: int = 1024
     worker_max_jobs: int = 100
     worker_poll_delay_seconds: float = 0.01
 
@@ -48,7 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def payment_job_timeout_seconds(self) -> float:
         """The longest a payment job can legitimately run: every attempt, timeout and backoff."""
         attempts = self.payment_attempts
-        return attempts * self.payment_timeout_seconds + attempts * self.payment_backoff_seconds + 5
+        return attempts * (self.payment_timeout_seconds + self.payment_backoff_seconds) + 2
 
     @property
     def payment_window_seconds(self) -> float:
@@ -88,6 +92,10 @@ _ENV_NAMES: dict[str, str] = {
     "max_body_bytes": "SEATS_MAX_BODY_BYTES",
     "redis_max_connections": "SEATS_REDIS_MAX_CONNECTIONS",
     "graceful_shutdown_seconds": "SEATS_GRACEFUL_SHUTDOWN_SECONDS",
+    "sse_heartbeat_seconds": "SEATS_SSE_HEARTBEAT_SECONDS",
+    "sse_max_stream_seconds": "SEATS_SSE_MAX_STREAM_SECONDS",
+    "sse_retry_ms": "SEATS_SSE_RETRY_MS",
+    "sse_client_queue": "SEATS_SSE_CLIENT_QUEUE",
     "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
     "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
 }

@@ -39,6 +39,7 @@ class RedisServer:
     port: int
     data_dir: Path
     process: subprocess.Popen[bytes] | None = None
+    persistent: bool = False
 
     @property
     def url(self) -> str:
@@ -48,7 +49,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is required for the tests (.ci/run installs it)"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log")],
             start_new_session=True,
         )
@@ -69,7 +71,7 @@ class RedisServer:
             self.process.wait()
 
     def restart(self, down_seconds: float = 0.0) -> None:
-        """Kill -9 and start again on the same port (data is lost: no persistence)."""
+        """Kill -9 and start again on the same port (data survives only when ``persistent``)."""
         self.stop()
         time.sleep(down_seconds)
         self.start()

@@ -1,0 +1,53 @@
+"""Every script call touches one Redis Cluster slot (fakeredis would not raise CROSSSLOT, so we check)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from redis.crc import key_slot
+
+from service import keys
+from service.scripts import Arg, Scripts
+from tests.conftest import run_worker_burst
+from tests.helpers import auth, hold, new_order
+
+
+def test_key_builders_share_the_flight_tag() -> None:
+    """All per-flight keys hash to the flight's slot; different flights may differ."""
+    flight_keys = [
+        keys.flight("FL-001"), keys.seat("FL-001", "1A"), keys.seat("FL-001", "5F"),
+        keys.order("FL-001", "any-order"), keys.deadlines("FL-001"), keys.changes("FL-001"),
+    ]
+    assert len({key_slot(k.encode()) for k in flight_keys}) == 1
+    assert key_slot(keys.flight("FL-001").encode()) != key_slot(keys.flight("FL-002").encode())
+
+
+def test_every_script_call_in_a_full_flow_is_single_slot(
+    make_client: Any, make_settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Create, hold, swap, conflict, pay, confirm, cancel and expire: each EVALSHA's KEYS share one slot."""
+    calls: list[tuple[str, list[str]]] = []
+    original = Scripts.run
+
+    async def recording(self: Scripts, name: str, key_list: Sequence[str], args: Sequence[Arg]) -> Any:
+        calls.append((name, list(key_list)))
+        return await original(self, name, key_list, args)
+
+    monkeypatch.setattr(Scripts, "run", recording)
+    client = make_client()
+    a_id, a_token = new_order(client)
+    b_id, b_token = new_order(client)
+    hold(client, a_id, a_token, ["1A", "1B"])
+    hold(client, a_id, a_token, ["1B", "1C"])
+    hold(client, b_id, b_token, ["1C"])
+    hold(client, b_id, b_token, ["2A"])
+    client.delete(f"/orders/{b_id}", headers=auth(b_token))
+    client.post(f"/orders/{a_id}/payment", json={"code": "12345"}, headers=auth(a_token))
+    run_worker_burst(make_settings())
+    names = {name for name, _ in calls}
+    assert {"create_order", "hold_seats", "cancel_order", "begin_payment", "mark_trying", "record_attempt"} <= names
+    for name, key_list in calls:
+        slots = {key_slot(k.encode()) for k in key_list}
+        assert len(slots) == 1, f"{name} touches slots {slots}: {key_list}"
