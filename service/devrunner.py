@@ -87,7 +87,7 @@ def wait_for_redis(url: str, process: subprocess.Popen[bytes] | None = None, tim
                     return
             time.sleep(0.05)
     finally:
-        client.close()
+        client.close()  # type: ignore[no-untyped-call]
     raise DevError(f"Redis at {url} did not answer within {timeout:g} s")
 
 
@@ -97,11 +97,12 @@ def wait_for_ready(base_url: str, children: list[subprocess.Popen[bytes]], timeo
     while time.monotonic() < deadline:
         for child in children:
             if child.poll() is not None:
-                raise DevError(f"{' '.join(map(str, child.args))} exited with {child.returncode}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{base_url}/readyz", timeout=1) as response:  # noqa: S310 - our own URL
-                if response.status == 200:
-                    return
+                raise DevError(f"{child.args!r} exited with {child.returncode}")
+        with contextlib.suppress(OSError), urllib.request.urlopen(  # noqa: S310 - our own URL
+            f"{base_url}/readyz", timeout=1
+        ) as response:
+            if response.status == 200:
+                return
         time.sleep(0.1)
     raise DevError(f"The API did not become ready within {timeout:g} s")
 
@@ -182,7 +183,7 @@ def run_dev(settings: Settings | None = None) -> int:
                 while not stop_requested:
                     if any(p.poll() is not None for p in processes):
                         dead = [p for p in processes if p.poll() is not None]
-                        print(f"{' '.join(map(str, dead[0].args))} exited; stopping", file=sys.stderr)
+                        print(f"{dead[0].args!r} exited; stopping", file=sys.stderr)
                         return 1
                     time.sleep(0.2)
                 return 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from redis.exceptions import RedisError
 
-from service import errors, keys
+from service import errors, keys, metrics
 from service.orders import OrderScripts
+from service.store import store_call
 
 log = logging.getLogger("seats.expiry")
 
@@ -23,13 +25,14 @@ BATCH = 200
 async def sweep_once(order_scripts: OrderScripts) -> int:
     """Expire every due order of every flight once; returns how many orders changed."""
     changed = 0
-    flight_ids = await order_scripts.redis.smembers(keys.CATALOG)
+    flight_ids = await store_call(order_scripts.redis.smembers(keys.CATALOG))
     for flight_id in flight_ids:
         due = await order_scripts.scripts.run("due_orders", [keys.deadlines(flight_id)], [BATCH])
         for order_id in due:
-            seats = await order_scripts.redis.hget(keys.order(flight_id, order_id), "seats")
+            seats = await store_call(order_scripts.redis.hget(keys.order(flight_id, order_id), "seats"))
             order_scripts.seen_seats.put(order_id, seats or "")
             result = await order_scripts.expire(flight_id, order_id)
+            metrics.expiry(result.status, result.order.hold_expires_at if result.order else None, time.time())
             if result.status in ("EXPIRED", "RELEASED"):
                 changed += 1
     return changed

@@ -6,8 +6,10 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
@@ -119,11 +121,23 @@ _AVAILABLE = SeatView("available")
 _CONFIRMED = SeatView("confirmed")
 
 
+def content_hash(layout: Layout, owned: Iterable[tuple[str, str]]) -> str:
+    """The map's hash: each held or sold seat's raw value, in layout order, plus the layout revision.
+
+    ``service.events`` recomputes it from change announcements, so this is its one definition.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for seat_id, value in owned:
+        digest.update(f"{seat_id}={value};".encode())
+    digest.update(f"{layout.flight_id}|{layout.rev}".encode())
+    return digest.hexdigest()
+
+
 def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None], now_ms: int) -> Snapshot:
     """Decode MGET results into a snapshot; a hold whose deadline passed reads as available."""
     seats: dict[str, SeatView] = {}
     owners: dict[str, str] = {}
-    digest = hashlib.blake2b(digest_size=16)
+    owned: list[tuple[str, str]] = []
     valid_until = 2**62
     for seat_id, value in zip(layout.seat_ids, values, strict=True):
         view = _AVAILABLE
@@ -136,11 +150,10 @@ def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None
                 view, owners[seat_id] = SeatView("held", iso_ms(deadline)), owner
                 valid_until = min(valid_until, deadline)
             if seat_id in owners:
-                digest.update(f"{seat_id}={value};".encode())
+                owned.append((seat_id, value))
         seats[seat_id] = view
-    digest.update(f"{layout.flight_id}|{layout.rev}".encode())
     version = int(meta.get("version", 0))
-    return Snapshot(layout, version, int(meta["lastUpdated"]), seats, owners, digest.hexdigest(), valid_until)
+    return Snapshot(layout, version, int(meta["lastUpdated"]), seats, owners, content_hash(layout, owned), valid_until)
 
 
 def redis_now_ms(time_reply: tuple[int, int]) -> int:
@@ -224,7 +237,7 @@ class FlightStore:
         pipe.time()
         if mine:
             pipe.hget(keys.order(flight_id, mine[0]), "tokenHash")
-        replies = await store_call(pipe.execute())
+        replies: list[Any] = await store_call(pipe.execute())
         (version, rev), now = replies[0], redis_now_ms(replies[1])
         mine_ok = bool(mine) and replies[2] is not None and _same(replies[2], mine[1] if mine else "")
         if version is None:
@@ -241,7 +254,8 @@ class FlightStore:
             pipe.hgetall(keys.flight(flight_id))
             pipe.mget(list(layout.seat_keys))
             pipe.time()
-            meta, values, time_reply = await store_call(pipe.execute())
+            replies: list[Any] = await store_call(pipe.execute())
+            meta, values, time_reply = replies
             if meta.get("layoutRev") == layout.rev:
                 snapshot = build_snapshot(layout, meta, values, redis_now_ms(time_reply))
                 self._snapshots[flight_id] = snapshot

@@ -109,7 +109,7 @@ class OrderScripts:
         self.settings = settings
         self.seen_seats = BoundedCache(100_000)
 
-    async def run(
+    async def run(  # noqa: PLR0917 - mirrors the script convention: name, flight, order, token, args
         self,
         name: str,
         flight_id: str,
@@ -191,7 +191,8 @@ class OrderStore:
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.order(flight_id, order_id))
         pipe.time()
-        fields, time_reply = await store_call(pipe.execute())
+        replies: list[Any] = await store_call(pipe.execute())
+        fields, time_reply = replies
         if not fields or not hmac.compare_digest(fields["tokenHash"], hash_token(token)):
             raise self._not_found(order_id)
         deadline = fields.get("holdExpiresAt")

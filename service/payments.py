@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from service import keys
+from service import keys, metrics
 from service.orders import TRUSTED, OrderScripts
 from service.settings import Settings
+from service.store import store_call
 
 log = logging.getLogger("seats.payments")
 
@@ -44,12 +45,12 @@ class SimulatedGateway:
         self._redis = client
         self._latency = settings.payment_latency_seconds
         self._failure_rate = settings.payment_failure_rate
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 - simulates declines; not security
 
     async def charge(self, idempotency_key: str) -> GatewayResult:
         """Charge once per key; returns ``success`` or ``declined``."""
         record_key = keys.gateway_charge(idempotency_key)
-        recorded = await self._redis.get(record_key)
+        recorded = await store_call(self._redis.get(record_key))
         if recorded is not None:
             outcome, _, message = str(recorded).partition("|")
             return GatewayResult(outcome, message)
@@ -57,13 +58,13 @@ class SimulatedGateway:
             await asyncio.sleep(self._latency)
         declined = self._rng.random() < self._failure_rate
         result = GatewayResult("declined", "The payment was declined.") if declined else GatewayResult("success", "")
-        stored = await self._redis.set(
+        stored = await store_call(self._redis.set(
             record_key, f"{result.outcome}|{result.message}", nx=True, ex=GATEWAY_RECORD_SECONDS
-        )
+        ))
         if not stored:  # a concurrent duplicate answered first: its answer is the answer
             return await self.charge(idempotency_key)
         if result.outcome == "success":
-            await self._redis.incr(keys.GATEWAY_CHARGES)
+            await store_call(self._redis.incr(keys.GATEWAY_CHARGES))
         return result
 
 
@@ -75,14 +76,14 @@ async def attempt_with_timeout(gateway: SimulatedGateway, key: str, timeout: flo
         return GatewayResult("timeout", f"The payment gateway did not answer within {timeout:g} s.")
 
 
-async def process_payment(
+async def process_payment(  # noqa: PLR0917 - the job's three ids next to its three collaborators
     order_scripts: OrderScripts, gateway: SimulatedGateway, settings: Settings,
     flight_id: str, order_id: str, payment_id: str,
 ) -> str:
     """Run a submission's attempts until CONFIRMED, FAILED, LATE or nothing is left to do."""
     attempts_total = settings.payment_attempts
     for _ in range(attempts_total + 1):
-        fields = await order_scripts.redis.hmget(keys.order(flight_id, order_id), ["attemptsLeft", "seats"])
+        fields = await store_call(order_scripts.redis.hmget(keys.order(flight_id, order_id), ["attemptsLeft", "seats"]))
         attempts_left, seats = fields
         if attempts_left is None:
             return "GONE"
@@ -101,6 +102,7 @@ async def process_payment(
             [payment_id, attempts_left, result.outcome, result.message, _confirmation_id(),
              settings.release_on_failure, attempts_total],
         )
+        metrics.payment_attempt(result.outcome, recorded.status)
         log.info("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
                                            "recorded": recorded.status})
         if recorded.status != "RETRY":

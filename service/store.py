@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -28,9 +29,14 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-async def store_call(call: Awaitable[T]) -> T:
-    """Await a Redis call; a lost connection becomes StoreUnavailable (503), never a guess."""
+async def store_call(call: Awaitable[T] | T) -> T:
+    """Await a Redis call; a lost connection becomes StoreUnavailable (503), never a guess.
+
+    redis-py types async commands as ``Awaitable[T] | T``; this narrows them as well.
+    """
     try:
-        return await call
+        if inspect.isawaitable(call):
+            return await call
+        return call
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc

@@ -3,6 +3,7 @@ real processes (``seats api`` / ``seats worker``) started the way a user starts 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -154,10 +155,8 @@ class Processes:
     def stop_all(self) -> None:
         for process in self.started:
             if process.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         for process in self.started:
             try:
                 process.wait(10)

@@ -12,7 +12,7 @@ from tests.helpers import auth, hold, new_order, seat_statuses
 
 
 def test_catalogue_lists_default_flight(client: Any) -> None:
-    """GET /flights lists FL-001 with its 5×A-F layout."""
+    """GET /flights lists FL-001 with its 5 x A-F layout."""
     flights = client.get("/flights").json()
     assert {"flightId": "FL-001", "rows": 5, "columns": "ABCDEF", "capacity": 30} in flights
     assert client.get("/flights/FL-001").json()["capacity"] == 30

@@ -20,6 +20,7 @@ from service.scripts import Scripts
 from service.settings import Settings
 
 T = TypeVar("T")
+AnyRequest = Request[object, object, State]
 
 
 @dataclass(slots=True)
@@ -43,7 +44,7 @@ def services_from_state(state: State) -> Services:
     return services
 
 
-async def decode_body(request: Request[object, object, State], body_type: type[T]) -> T:
+async def decode_body(request: AnyRequest, body_type: type[T]) -> T:
     """Decode a JSON body strictly: malformed JSON and wrong types are 400 ``invalid_request``."""
     body = await request.body()
     try:
@@ -54,7 +55,7 @@ async def decode_body(request: Request[object, object, State], body_type: type[T
         raise errors.InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
 
 
-def bearer_token(request: Request[object, object, State], *, allow_query: bool = False) -> str | None:
+def bearer_token(request: AnyRequest, *, allow_query: bool = False) -> str | None:
     """The ``Authorization: Bearer`` token (or ``?token=`` where browsers cannot set headers)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -65,7 +66,7 @@ def bearer_token(request: Request[object, object, State], *, allow_query: bool =
     return None
 
 
-def require_token(request: Request[object, object, State], *, allow_query: bool = False) -> str:
+def require_token(request: AnyRequest, *, allow_query: bool = False) -> str:
     """The order token, or 401 when none was presented."""
     token = bearer_token(request, allow_query=allow_query)
     if token is None:
@@ -73,7 +74,7 @@ def require_token(request: Request[object, object, State], *, allow_query: bool 
     return token
 
 
-def require_admin(request: Request[object, object, State], settings: Settings) -> None:
+def require_admin(request: AnyRequest, settings: Settings) -> None:
     """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403."""
     token = bearer_token(request)
     if token is None:

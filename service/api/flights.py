@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import MediaType, Request, Response, get, put
-from litestar.datastructures import State
+from litestar import MediaType, Response, get, put
 from litestar.params import FromPath, QueryParameter
+from litestar.types import ControllerRouterHandler
 
-from service.api.deps import ServicesDep, bearer_token, decode_body, require_admin
+from service.api.deps import AnyRequest, ServicesDep, bearer_token, decode_body, require_admin
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
 
@@ -28,7 +28,7 @@ async def get_flight(flight_id: FromPath[str], services: ServicesDep) -> Flight:
 
 
 @put("/flights/{flight_id:str}")
-async def put_flight(flight_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Response[Flight]:
+async def put_flight(flight_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Response[Flight]:
     """Admin: create a flight (201) or replace its layout (200); 409 once seats are held or sold."""
     require_admin(request, services.settings)
     body = await decode_body(request, PutFlightRequest)
@@ -39,8 +39,8 @@ async def put_flight(flight_id: FromPath[str], request: Request[object, object, 
 def _matches(if_none_match: str | None, etag: str) -> bool:
     if not if_none_match:
         return False
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
+    for raw in if_none_match.split(","):
+        candidate = raw.strip()
         if candidate == "*" or candidate.removeprefix("W/") == etag:
             return True
     return False
@@ -48,7 +48,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 @get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON)
 async def seat_map(
-    flight_id: FromPath[str], request: Request[object, object, State], services: ServicesDep, order_id: OrderIdQuery = None
+    flight_id: FromPath[str], request: AnyRequest, services: ServicesDep, order_id: OrderIdQuery = None
 ) -> Response[SeatMap | bytes]:
     """The seat map with ``ETag``; ``If-None-Match`` gives 304; ``mine`` for the order's token holder."""
     token = bearer_token(request, allow_query=True)
@@ -77,4 +77,6 @@ async def available_seats(flight_id: FromPath[str], services: ServicesDep) -> Av
     return snapshot.summary()
 
 
-ROUTES = [list_flights, get_flight, put_flight, seat_map, seat_map_version, available_seats]
+ROUTES: list[ControllerRouterHandler] = [
+    list_flights, get_flight, put_flight, seat_map, seat_map_version, available_seats,
+]

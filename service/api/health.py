@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.types import ControllerRouterHandler
 
 from service import keys
 from service.api.deps import ServicesDep
@@ -30,4 +31,4 @@ async def readyz(services: ServicesDep) -> Response[Readiness]:
     return Response(Readiness(ok, failing), status_code=200 if not failing else 503)
 
 
-ROUTES = [healthz, readyz]
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz]

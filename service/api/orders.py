@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from litestar import Request, Response, delete, get, post
-from litestar.datastructures import State
+from litestar import Response, delete, get, post
 from litestar.params import FromPath
+from litestar.types import ControllerRouterHandler
 
-from service import errors
-from service.api.deps import ServicesDep, decode_body, require_token
+from service import errors, metrics
+from service.api.deps import AnyRequest, ServicesDep, decode_body, require_token
 from service.models import CreatedOrder, CreateOrderRequest, Order, PaymentRequest, SelectSeatsRequest
 
 
 @post("/orders")
-async def create_order(request: Request[object, object, State], services: ServicesDep) -> Response[CreatedOrder]:
+async def create_order(request: AnyRequest, services: ServicesDep) -> Response[CreatedOrder]:
     """Create an order (201) with its secret token; ``orderId`` is generated when absent."""
     body = await decode_body(request, CreateOrderRequest)
     flight_id = body.flight_id or body.legacy_flight_id
@@ -23,21 +23,27 @@ async def create_order(request: Request[object, object, State], services: Servic
 
 
 @get(["/orders/{order_id:str}", "/orders/{order_id:str}/status"])
-async def get_order(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
+async def get_order(order_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Order:
     """The order."""
     return await services.orders.get(order_id, require_token(request))
 
 
 @post("/orders/{order_id:str}/seats", status_code=200)
-async def select_seats(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
+async def select_seats(order_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Order:
     """Swap the selection atomically; 409 ``seats_unavailable`` names the taken seats."""
     token = require_token(request)
     body = await decode_body(request, SelectSeatsRequest)
-    return await services.orders.select_seats(order_id, token, body.seats)
+    try:
+        order = await services.orders.select_seats(order_id, token, body.seats)
+    except errors.SeatsUnavailable:
+        metrics.hold_refused()
+        raise
+    metrics.hold_accepted(order.version)
+    return order
 
 
 @post("/orders/{order_id:str}/payment", status_code=202)
-async def pay(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
+async def pay(order_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Order:
     """Submit the 5-digit code: 202 with the order PAYING; the worker runs the attempts."""
     token = require_token(request)
     body = await decode_body(request, PaymentRequest)
@@ -45,9 +51,9 @@ async def pay(order_id: FromPath[str], request: Request[object, object, State], 
 
 
 @delete("/orders/{order_id:str}", status_code=200)
-async def cancel_order(order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep) -> Order:
+async def cancel_order(order_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Order:
     """Cancel the order; its seats are released at once."""
     return await services.orders.cancel(order_id, require_token(request))
 
 
-ROUTES = [create_order, get_order, select_seats, pay, cancel_order]
+ROUTES: list[ControllerRouterHandler] = [create_order, get_order, select_seats, pay, cancel_order]
