@@ -12,14 +12,19 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
 from service import errors
+from service.api import events as event_routes
 from service.api import flights as flight_routes
 from service.api import health as health_routes
 from service.api import orders as order_routes
+from service.api import ui as ui_routes
 from service.api.deps import Services, services_from_state
+from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
+from service.events import EventBroker
 from service.flights import FlightStore
 from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
@@ -56,9 +61,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.services = Services(settings, client, queue, scripts, flights, orders)
         await scripts.load_all()
         await flights.ensure_catalogue()
+        events = EventBroker(settings, client, flights, orders)
+        app.state.services.events = events
+        await events.start()
         try:
             yield
         finally:
+            await events.stop()
             await queue.aclose()
             await client.aclose()
 
@@ -66,6 +75,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
+            *event_routes.ROUTES,
+            *ui_routes.ROUTES,
         ],
         dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -73,6 +84,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         middleware=[prometheus.middleware],
         request_max_body_size=settings.max_body_bytes,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
-        openapi_config=OpenAPIConfig(title="seats", version="0.1.0", path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="seats", version="0.1.0", path="/schema",
+            render_plugins=[JsonRenderPlugin(), LocalDocsPlugin()],
+        ),
         debug=False,
     )

@@ -1,4 +1,4 @@
-"""The ``seats`` command: ``api``, ``worker``, ``dev``."""
+"""The ``seats`` command: ``api``, ``worker``, ``dev``, ``loadtest``."""
 
 from __future__ import annotations
 
@@ -10,21 +10,13 @@ from service.logs import configure_logging
 
 def run_api() -> None:
     """Serve the API with uvicorn; SIGTERM never hangs on open streams (graceful timeout)."""
-    import uvicorn
-
     from service.app import create_app
+    from service.server import build_server
     from service.settings import load_settings
 
     configure_logging()
     settings = load_settings()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
-        access_log=False,  # query strings may carry order tokens
-        log_config=None,
-    )
+    build_server(create_app(settings), settings).run()  # drains SSE streams on SIGTERM
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("api", help="serve the HTTP API (production, containers)")
     commands.add_parser("worker", help="run the arq worker under a supervisor (production, containers)")
     commands.add_parser("dev", help="run Redis (private if SEATS_REDIS_URL is unset), API and worker")
+    from loadtest.cli import add_arguments as add_loadtest_arguments  # argparse only: cheap to import
+
+    add_loadtest_arguments(commands.add_parser("loadtest", help="drive the service like a crowd, then verify it"))
     args = parser.parse_args(argv)
     if args.command == "api":
         run_api()
@@ -41,6 +36,10 @@ def main(argv: list[str] | None = None) -> None:
         from worker.supervisor import main as worker_main
 
         worker_main()
+    elif args.command == "loadtest":
+        from loadtest.cli import run_from_args
+
+        sys.exit(run_from_args(args))
     elif args.command == "dev":
         from service.devrunner import DevError, run_dev
 

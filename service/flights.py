@@ -121,16 +121,24 @@ _AVAILABLE = SeatView("available")
 _CONFIRMED = SeatView("confirmed")
 
 
-def content_hash(layout: Layout, owned: Iterable[tuple[str, str]]) -> str:
-    """The map's hash: each held or sold seat's raw value, in layout order, plus the layout revision.
+def seat_fragment(seat_id: str, value: str) -> bytes:
+    """One held or sold seat's part of the map's hash (its raw Redis value)."""
+    return f"{seat_id}={value};".encode()
 
-    ``service.events`` recomputes it from change announcements, so this is its one definition.
-    """
+
+def hash_fragments(layout: Layout, fragments: Iterable[bytes]) -> str:
+    """The map's hash: the fragments of its held and sold seats in layout order, then the layout
+    revision. ``service.feeds`` recomputes it from change announcements with cached fragments,
+    so this and :func:`seat_fragment` are its one definition."""
     digest = hashlib.blake2b(digest_size=16)
-    for seat_id, value in owned:
-        digest.update(f"{seat_id}={value};".encode())
+    digest.update(b"".join(fragments))
     digest.update(f"{layout.flight_id}|{layout.rev}".encode())
     return digest.hexdigest()
+
+
+def content_hash(layout: Layout, owned: Iterable[tuple[str, str]]) -> str:
+    """The map's hash from (seat id, raw value) pairs in layout order."""
+    return hash_fragments(layout, (seat_fragment(seat_id, value) for seat_id, value in owned))
 
 
 def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None], now_ms: int) -> Snapshot:

@@ -120,6 +120,15 @@ class SeatMapVersion(Wire):
     last_updated: str
 
 
+class SeatsEvent(Wire):
+    """The ``seats`` SSE event: one flight version's changed seats and the map's hash after it."""
+
+    version: int
+    last_updated: str
+    hash: str
+    changes: dict[str, SeatView]
+
+
 class AvailableSeats(Wire):
     """``GET /flights/{id}/available-seats``: the first version's summary."""
 

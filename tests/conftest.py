@@ -238,3 +238,52 @@ def run_worker_burst(settings: Settings) -> None:
             await worker.close()
 
     asyncio.run(run())
+
+
+@dataclass
+class LiveServer:
+    """The app on a real uvicorn server in a thread: what streaming (SSE) tests need."""
+
+    base_url: str
+    app: Any
+    server: Any
+    thread: Any
+
+    @property
+    def broker(self) -> Any:
+        """The app's event broker (service.events.EventBroker)."""
+        return self.app.state.services.events
+
+    def stop(self) -> None:
+        """Shut down as on SIGTERM (streams drained) and wait for the thread."""
+        self.server.should_exit = True
+        self.thread.join(15)
+
+
+@pytest.fixture
+def live_server(make_settings: Callable[..., Settings]) -> Iterator[Callable[..., LiveServer]]:
+    """Factory: ``create_app(settings)`` served by uvicorn (as ``seats api``) on a free port."""
+    import threading
+
+    from service.app import create_app
+    from service.server import build_server
+
+    servers: list[LiveServer] = []
+
+    def start(**overrides: Any) -> LiveServer:
+        settings = make_settings(**{"port": free_port(), **overrides})
+        app = create_app(settings)
+        server = build_server(app, settings)
+        thread = threading.Thread(target=server.run, name="live-server", daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the live server did not start"
+            time.sleep(0.01)
+        live = LiveServer(f"http://127.0.0.1:{settings.port}", app, server, thread)
+        servers.append(live)
+        return live
+
+    yield start
+    for live in servers:
+        live.stop()

@@ -277,6 +277,9 @@ def test_openapi_and_health(client: Any) -> None:
     """The OpenAPI document is served and health endpoints answer."""
     schema = client.get("/schema/openapi.json").json()
     assert "/orders/{order_id}/seats" in schema["paths"]
+    docs = client.get("/schema")
+    assert docs.status_code == 200 and "/orders/{order_id}/seats" in docs.text
+    assert "http://" not in docs.text and "https://" not in docs.text  # no CDN: works on a closed network
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json()["ok"] == ["redis", "scripts"]
 

@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from service import errors
+from service.events import EventBroker
 from service.flights import FlightStore
 from service.orders import OrderStore
 from service.scripts import Scripts
@@ -33,6 +34,7 @@ class Services:
     scripts: Scripts
     flights: FlightStore
     orders: OrderStore
+    events: EventBroker | None = None  # live updates (SSE); started last, stopped first
 
 
 ServicesDep = NamedDependency[Services]

@@ -1,0 +1,327 @@
+"""``seats loadtest``: options, the run (baseline, scenarios, repeats), the invariant check, the report.
+
+Only argparse is imported at module level: ``seats api`` builds its parser with these options
+and must not pay for aiohttp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import secrets
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from loadtest.scenarios import Context, Phase
+
+SCENARIO_NAMES = ("hold", "contended", "full", "read", "pay")
+SPAWN_DEFAULTS = {
+    "SEATS_HOLD_SECONDS": "10",  # short holds: expiry happens inside a run
+    "SEATS_PAYMENT_LATENCY_SECONDS": "0.05",
+    "SEATS_PAYMENT_BACKOFF_SECONDS": "0.05",
+}
+BASELINE_BODY = {"seats": ["1A", "1B", "1C", "1D"]}
+EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``seats loadtest`` options."""
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--spawn", action="store_true",
+                        help="start a private redis-server, seats api and seats worker (see --env)")
+    target.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8080 (127.0.0.1 only)")
+    parser.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
+                        help="hold | contended | full | read | pay; repeatable (default: hold)")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase (default 2)")
+    pacing = parser.add_mutually_exclusive_group()
+    pacing.add_argument("--rate", type=float, help="open loop: arrivals per second (latency from scheduled time)")
+    pacing.add_argument("--users", type=int, help="closed loop: concurrent users (default 32)")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also load a bare Litestar app with the same client and report ratios")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians (default 1)")
+    parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
+    parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
+    parser.add_argument("--env", action="append", default=[], metavar="SEATS_X=VALUE",
+                        help="a setting for the spawned service (repeatable); defaults: "
+                             + ", ".join(f"{k}={v}" for k, v in SPAWN_DEFAULTS.items()))
+    parser.add_argument("--redis-url", default=os.environ.get("SEATS_REDIS_URL"),
+                        help="with --url: the service's Redis, for the invariant check (default $SEATS_REDIS_URL)")
+    parser.add_argument("--admin-token", default=os.environ.get("SEATS_ADMIN_TOKEN"),
+                        help="with --url: SEATS_ADMIN_TOKEN, to create the test flights")
+    parser.add_argument("--api-pid", type=int,
+                        help="with --url: the API's process id, to report its CPU per request")
+    parser.add_argument("--watchers", type=int, default=20, help="passive SSE watchers in 'full' (default 20)")
+    parser.add_argument("--pay-orders", type=int, default=3000, help="orders paying in 'pay' (default 3000)")
+    parser.add_argument("--pay-drain", action="store_true",
+                        help="with --spawn: in 'pay', queue every payment with the worker stopped, then time its drain")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m loadtest``."""
+    parser = argparse.ArgumentParser(prog="seats loadtest", description=__doc__)
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run what ``args`` asks for; print the table; returns the exit code."""
+    from loadtest.client import NotLocal, check_local
+    from loadtest.report import table, write_json
+    from loadtest.scenarios import SetupFailed
+
+    env = dict(SPAWN_DEFAULTS)
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("SEATS_"):
+            print(f"seats loadtest: --env expects SEATS_NAME=VALUE, got {item!r}", file=sys.stderr)
+            return EXIT_USAGE
+        env[name] = value
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)  # unwinds the context managers: every spawned process is stopped
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        if args.url:
+            check_local(args.url)
+        report = _run_sync(args, env)
+    except (NotLocal, SetupFailed, RuntimeError) as exc:
+        print(f"seats loadtest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(table(report), flush=True)
+    if args.report:
+        write_json(report, args.report)
+        print(f"report written to {args.report}")
+    return EXIT_OK if report["invariants"].get("ok") is not False else EXIT_VIOLATION
+
+
+def _run_sync(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
+    import contextlib
+
+    from loadtest.system import pause_tree, spawn_baseline, spawn_system
+
+    with contextlib.ExitStack() as stack:
+        if args.spawn:
+            env.setdefault("SEATS_ADMIN_TOKEN", secrets.token_urlsafe(16))
+            system = stack.enter_context(spawn_system(env))
+            target = Target(system.base_url, system.redis_url, env["SEATS_ADMIN_TOKEN"], dict(system.roots))
+            if args.pay_drain:
+                target.pause_worker = functools.partial(pause_tree, system.roots["worker"])
+        else:
+            target = Target(args.url.rstrip("/"), args.redis_url, args.admin_token or "",
+                            {"api": args.api_pid} if args.api_pid else {})
+        if args.baseline:
+            target.baseline_url, target.roots_baseline = stack.enter_context(spawn_baseline())
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+            import asyncio
+            return asyncio.run(_run(args, env, target))
+        return uvloop.run(_run(args, env, target))
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class Target:
+    """What is loaded: the service (and its Redis) and, with ``--baseline``, the bare app."""
+
+    base_url: str
+    redis_url: str | None
+    admin_token: str
+    roots: dict[str, int]
+    baseline_url: str | None = None
+    roots_baseline: int = 0
+    pause_worker: Callable[[bool], None] | None = None
+
+
+async def _run(args: argparse.Namespace, env: dict[str, str], target: Target) -> dict[str, Any]:
+    import random
+
+    from loadtest import report as rpt
+    from loadtest.client import Client
+    from loadtest.invariants import check_all
+    from loadtest.scenarios import SCENARIOS, Context, Load
+    from loadtest.stats import Recorder
+
+    load = Load(args.duration, args.warmup, args.rate, args.users or 32)
+    names = args.scenario or ["hold"]
+    rng = random.Random(args.seed)  # noqa: S311 - reproducible load, not secrets
+    redis_url = target.redis_url
+    ctx = Context(target.base_url, target.admin_token, load, rng, run_id=f"{args.seed}{secrets.token_hex(2)}",
+                  redis_url=redis_url, watchers=args.watchers, pay_orders=args.pay_orders,
+                  pause_worker=target.pause_worker)
+    scrape = Client(target.base_url, Recorder(), connections=4)
+    runs: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for _ in range(max(1, args.repeat)):
+            # Each baseline phase runs right before the phase it is compared with: side by side.
+            pending = {"baseline POST": ("POST", "/echo/x"), "baseline GET": ("GET", "/version/x")}
+            if "read" not in names:
+                del pending["baseline GET"]
+            for name in names:
+                wanted = "baseline GET" if name == "read" else "baseline POST"
+                if target.baseline_url is not None and wanted in pending:
+                    method, path = pending.pop(wanted)
+                    ctx.probe = _probe({"baseline": target.roots_baseline}, None)
+                    runs.setdefault(wanted, []).append(await _baseline_phase(ctx, target.baseline_url, method, path))
+                ctx.probe = _probe(target.roots, redis_url)
+                before = rpt.parse_metrics((await scrape.call(None, "GET", "/metrics")).body.decode())
+                phases = await SCENARIOS[name](ctx)
+                after = rpt.parse_metrics((await scrape.call(None, "GET", "/metrics")).body.decode())
+                view = rpt.server_view(before, after)
+                for phase in phases:
+                    entry = _phase_entry(phase)
+                    entry["server_metrics"] = view
+                    runs.setdefault(phase.name, []).append(entry)
+        invariants: dict[str, Any]
+        if redis_url:
+            invariants = (await check_all(redis_url, scrape, ctx.flights)).as_dict()
+        else:
+            invariants = {"ok": None, "skipped": "no Redis URL (give --redis-url)", "violations": []}
+    finally:
+        await scrape.close()
+    return _assemble(args, env, ctx, runs, invariants=invariants, redis_url=redis_url)
+
+
+def _probe(roots: dict[str, int], redis_url: str | None) -> Any:
+    """CPU seconds of the given process trees and this one, plus Redis's command counts."""
+    from loadtest.system import CpuMeter
+
+    meter = CpuMeter(roots)
+
+    async def probe() -> dict[str, float]:
+        usage = {f"cpu.{k}": v for k, v in meter.read().items()}
+        if redis_url:
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(redis_url)
+            try:
+                stats = await client.info("commandstats")
+            finally:
+                await client.aclose()
+            usage.update({f"redis.{k.removeprefix('cmdstat_')}": float(v["calls"]) for k, v in stats.items()})
+        return usage
+
+    return probe
+
+
+async def _baseline_phase(ctx: Context, url: str, method: str, path: str) -> dict[str, Any]:
+    from loadtest.client import Client
+    from loadtest.scenarios import Phase, _pool_size, drive
+    from loadtest.stats import Recorder
+
+    recorder = Recorder()
+    client = Client(url, recorder, connections=_pool_size(ctx.load))
+    body = BASELINE_BODY if method == "POST" else None
+    name = f"baseline {method}"
+    try:
+        async def user_step(_index: int) -> None:
+            await client.call(name, method, path, json=body)
+
+        async def open_step(scheduled: float) -> None:
+            await client.call(name, method, path, json=body, scheduled=scheduled)
+
+        pacing, usage = await drive(ctx, recorder, user_step, open_step)
+    finally:
+        await client.close()
+    return _phase_entry(Phase(name, recorder, [name], pacing, usage), server="baseline")
+
+
+def _phase_entry(phase: Phase, server: str = "api") -> dict[str, Any]:
+    summary = phase.recorder.summary(phase.headline)
+    requests_in_window = phase.recorder.summary().requests
+    entry: dict[str, Any] = summary.as_dict()
+    cpu = {k.removeprefix("cpu."): v for k, v in phase.usage.items() if k.startswith("cpu.")}
+    entry["server_cpu_us_per_req"] = (round(cpu[server] / requests_in_window * 1e6, 1)
+                                      if cpu.get(server) and requests_in_window else None)
+    entry["cpu_seconds"] = cpu
+    calls = {k.removeprefix("redis."): v for k, v in phase.usage.items() if k.startswith("redis.") and v}
+    entry["redis_calls_per_req"] = ({k: round(v / requests_in_window, 2) for k, v in sorted(calls.items())
+                                     if v / requests_in_window >= 0.01} if requests_in_window else {})
+    entry["pacing"] = {"scheduled": phase.pacing.scheduled, "shed": phase.pacing.shed,
+                       "max_lag_ms": round(phase.pacing.max_lag_ms, 1), "cancelled": phase.pacing.cancelled}
+    endpoints = phase.recorder.per_endpoint()
+    entry["endpoints"] = {k: v.as_dict() for k, v in endpoints.items()} if len(endpoints) > 1 else {}
+    entry["extra"] = phase.extra
+    return entry
+
+
+def _median_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The last run's details with the median of each headline figure across repeats."""
+    from loadtest.report import median_of
+
+    merged = dict(entries[-1])
+    for key in ("rps", "p50_ms", "p95_ms", "p99_ms", "server_cpu_us_per_req"):
+        merged[key] = median_of([e.get(key) for e in entries])
+    for key in ("errors", "conflicts", "requests"):
+        merged[key] = sum(e[key] for e in entries)
+    if len(entries) > 1:
+        merged["repeats"] = [{k: e.get(k) for k in ("rps", "p99_ms", "server_cpu_us_per_req")} for e in entries]
+    payments = [e["extra"].get("payments_per_s") for e in entries if e.get("extra")]
+    if any(p is not None for p in payments):
+        merged["extra"] = {**merged["extra"], "payments_per_s": median_of(payments)}
+    return merged
+
+
+def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs: dict[str, list[dict[str, Any]]], *,
+              invariants: dict[str, Any], redis_url: str | None) -> dict[str, Any]:
+    from loadtest.system import machine
+
+    merged = {name: _median_entry(entries) for name, entries in runs.items()}
+    baseline = merged.pop("baseline POST", None)
+    bare_get = merged.pop("baseline GET", None)
+    if baseline is not None and bare_get is not None:
+        baseline["get"] = bare_get
+
+    ratios, per_repeat = _ratios(runs)
+    return {
+        "config": {
+            "scenarios": args.scenario or ["hold"], "duration_s": args.duration, "warmup_s": args.warmup,
+            "mode": "open" if args.rate else "closed", "rate": args.rate, "users": ctx.load.users,
+            "baseline": args.baseline, "repeat": args.repeat, "seed": args.seed,
+            "target": "spawn" if args.spawn else args.url,
+            "settings": {k: v for k, v in env.items() if k != "SEATS_ADMIN_TOKEN"} if args.spawn else None,
+            "flights": ctx.flights, "command": " ".join(["seats", "loadtest", *sys.argv[2:]]),
+        },
+        "machine": machine(redis_url),
+        "baseline": baseline,
+        "scenarios": merged,
+        "ratios": ratios,
+        "ratios_per_repeat": per_repeat,
+        "invariants": invariants,
+    }
+
+
+RATIOS = {  # name: (numerator phase, denominator phase, figure); "cpu" ratios are baseline µs / service µs
+    "hold_vs_baseline": ("hold", "baseline POST", "rps"),
+    "hold_cpu_vs_baseline": ("baseline POST", "hold", "server_cpu_us_per_req"),
+    "read_304_vs_bare_get": ("seats 304", "baseline GET", "rps"),
+    "read_304_cpu_vs_bare_get": ("baseline GET", "seats 304", "server_cpu_us_per_req"),
+    "version_vs_bare_get": ("seats/version", "baseline GET", "rps"),
+    "version_cpu_vs_bare_get": ("baseline GET", "seats/version", "server_cpu_us_per_req"),
+}
+
+
+def _ratios(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float | None], list[dict[str, float | None]]]:
+    """Each ratio computed within each repeat (side by side), then the median across repeats."""
+    from loadtest.report import median_of, ratio
+
+    repeats = max((len(v) for v in runs.values()), default=0)
+    per_repeat: list[dict[str, float | None]] = []
+    for index in range(repeats):
+        def figure(phase: str, key: str, index: int = index) -> float | None:
+            entries = runs.get(phase, [])
+            return entries[index].get(key) if index < len(entries) else None
+
+        one = {name: ratio(figure(a, key), figure(b, key)) for name, (a, b, key) in RATIOS.items()}
+        contended = runs["contended"][index]["endpoints"] if index < len(runs.get("contended", [])) else {}
+        one["contended_refused_p99_over_accepted"] = ratio(
+            contended.get("hold.refused", {}).get("p99_ms"), contended.get("hold.accepted", {}).get("p99_ms"))
+        per_repeat.append(one)
+    names = [*RATIOS, "contended_refused_p99_over_accepted"]
+    return {name: median_of([r[name] for r in per_repeat]) for name in names}, per_repeat

@@ -1,0 +1,177 @@
+"""Processes the harness starts: the system under test (``--spawn``) and the baseline app.
+
+Both are served by their own processes, never inside the harness, so the client's CPU and the
+server's are apart and can be accounted separately from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.devrunner import free_port, start_redis, stop_all, wait_for_ready
+
+READY_TIMEOUT_SECONDS = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (the worker supervisor runs arq in a child)."""
+    found, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                queue.extend(int(c) for c in task.read_text().split())
+    return found
+
+
+def pause_tree(pid: int, paused: bool) -> None:
+    """SIGSTOP (or SIGCONT) a process and everything below it."""
+    for member in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGSTOP if paused else signal.SIGCONT)
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds used by named process trees between two readings."""
+
+    roots: dict[str, int] = field(default_factory=dict)
+
+    def read(self) -> dict[str, float]:
+        """Current CPU seconds per name (whole process trees), plus ``client`` (this process)."""
+        usage = {name: sum(cpu_seconds(p) for p in descendants(pid)) for name, pid in self.roots.items()}
+        usage["client"] = time.process_time()
+        return usage
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """CPU seconds used per name between two readings."""
+        return {name: round(after[name] - before.get(name, 0.0), 3) for name in after}
+
+
+@dataclass
+class Spawned:
+    """What ``--spawn`` started: URLs, the processes and their roots for CPU accounting."""
+
+    base_url: str
+    redis_url: str
+    processes: list[subprocess.Popen[bytes]]
+    roots: dict[str, int]
+    env: dict[str, str]
+    log_dir: Path
+
+
+def _python(*args: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[bytes]:
+    handle = log.open("wb")
+    return subprocess.Popen([sys.executable, *args], env=dict(env), stdout=handle, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+@contextlib.contextmanager
+def spawn_system(
+    settings_env: Mapping[str, str], *, worker: bool = True, shared_metrics: bool = True
+) -> Iterator[Spawned]:
+    """A private redis-server, ``seats api`` and ``seats worker`` with ``settings_env``; all stopped after.
+
+    With ``shared_metrics``, ``PROMETHEUS_MULTIPROC_DIR`` points API and worker at one fresh
+    directory, so the API's ``/metrics`` also shows the worker's counters (payments, expirations).
+    """
+    with tempfile.TemporaryDirectory(prefix="seats-loadtest-") as tmp:
+        data_dir = Path(tmp)
+        metrics_dir = data_dir / "metrics"
+        metrics_dir.mkdir()
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            redis_process, redis_url = start_redis(data_dir)
+            processes.append(redis_process)
+            port = free_port()
+            env = {**os.environ, **settings_env, "SEATS_REDIS_URL": redis_url, "SEATS_HOST": "127.0.0.1",
+                   "SEATS_PORT": str(port), "PYTHONUNBUFFERED": "1"}
+            if shared_metrics:
+                env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+            api = _python("-m", "service.cli", "api", env=env, log=data_dir / "api.log")
+            processes.append(api)
+            roots = {"api": api.pid, "redis": redis_process.pid}
+            if worker:
+                worker_process = _python("-m", "service.cli", "worker", env=env, log=data_dir / "worker.log")
+                processes.append(worker_process)
+                roots["worker"] = worker_process.pid
+            base_url = f"http://127.0.0.1:{port}"
+            wait_for_ready(base_url, processes[1:], READY_TIMEOUT_SECONDS)
+            yield Spawned(base_url, redis_url, processes, roots, env, data_dir)
+        finally:
+            stop_all(processes)
+
+
+@contextlib.contextmanager
+def spawn_baseline() -> Iterator[tuple[str, int]]:
+    """The bare Litestar app (``loadtest.baseline``) on a free port: (base URL, pid)."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="seats-baseline-") as tmp:
+        process = _python("-m", "loadtest.baseline", str(port), env=os.environ, log=Path(tmp) / "baseline.log")
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the baseline app exited with {process.returncode}")
+                with contextlib.suppress(OSError), urllib.request.urlopen(  # noqa: S310 - 127.0.0.1 only
+                    f"{base_url}/version/x", timeout=1
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the baseline app did not start")
+                time.sleep(0.05)
+            yield base_url, process.pid
+        finally:
+            stop_all([process])
+
+
+def machine(redis_url: str | None) -> dict[str, object]:
+    """Where the figures come from: CPU, cores, Python and the versions that matter."""
+    import platform
+    from importlib import metadata
+
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for package in ("litestar", "uvicorn", "uvloop", "httptools", "msgspec", "redis", "hiredis", "arq", "aiohttp"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    redis_version = None
+    if redis_url:
+        import redis
+
+        with contextlib.suppress(redis.RedisError):
+            client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, decode_responses=True)
+            info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
+            redis_version = info.get("redis_version")
+            client.close()  # type: ignore[no-untyped-call]
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
+            "kernel": platform.release(), "redis": redis_version, "packages": versions}

@@ -1,0 +1,73 @@
+"""Server-sent event streams: a flight's seat changes and an order's progress.
+
+Everything that can fail (unknown flight or order, wrong token, Redis away) fails before the
+stream opens, as a JSON error; once open, a stream only ends by design (terminal order, lifetime
+cap, slow client, server drain), and the client resumes with ``Last-Event-ID``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Request, Response, get
+from litestar.datastructures import State
+from litestar.params import FromPath, QueryParameter
+from litestar.response import Stream
+
+from service import errors
+from service.api.deps import ServicesDep, bearer_token, require_token
+from service.events import EventBroker
+
+OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
+SSE_MEDIA_TYPE = "text/event-stream"
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering either
+
+
+def _broker(services: ServicesDep) -> EventBroker:
+    broker = getattr(services, "events", None)
+    if not isinstance(broker, EventBroker):
+        raise errors.StoreUnavailable("Live updates are not available in this process.")
+    return broker
+
+
+@get("/flights/{flight_id:str}/events", media_type=SSE_MEDIA_TYPE)
+async def flight_events(
+    flight_id: FromPath[str],
+    request: Request[object, object, State],
+    services: ServicesDep,
+    order_id: OrderIdQuery = None,
+) -> Stream:
+    """SSE: a ``snapshot`` of the seat map, then one ``seats`` event per change (``id`` = version).
+
+    With ``Last-Event-ID`` the stream resumes with the changes missed since, or a fresh snapshot
+    when they are no longer retained. With ``?orderId=`` and that order's token, its seats carry
+    ``mine: true``; a wrong token is ignored, as on the seat map.
+    """
+    broker = _broker(services)
+    await services.flights.layout(flight_id)  # an unknown flight is a 404, not an empty stream
+    token = bearer_token(request, allow_query=True)
+    mine = order_id if order_id and token and await services.orders.token_matches(flight_id, order_id, token) else None
+    watcher = broker.open_flight(flight_id, mine, request.headers.get("last-event-id"))
+    return Stream(broker.flight_stream(watcher), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+@get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE)
+async def order_events(
+    order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep
+) -> Stream | Response[None]:
+    """SSE: ``order`` events (``id`` = the order's version), the current order first; the stream
+    closes after the terminal state. Token as ``Authorization: Bearer`` or ``?token=``; an
+    unknown order or a wrong token is a 404 before any stream opens.
+
+    A client reconnecting with the terminal version as ``Last-Event-ID`` gets 204, which tells
+    EventSource to stop reconnecting.
+    """
+    broker = _broker(services)
+    token = require_token(request, allow_query=True)
+    stream = await broker.open_order(order_id, token, request.headers.get("last-event-id"))
+    if stream is None:
+        return Response(None, status_code=204)
+    return Stream(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+ROUTES = [flight_events, order_events]

@@ -1,0 +1,353 @@
+"""Live updates: one Redis pattern subscription per API process, fanned out to its SSE streams.
+
+Redis pub/sub is at-most-once, so the subscription is never trusted blindly: flight feeds
+(``service.feeds``) check every announcement's version and catch up from the change log after a
+gap, and after the subscription is lost (Redis restart, ``CLIENT KILL TYPE pubsub``, a silent
+socket) it is rebuilt and every feed and order stream resynchronises. Each message is decoded
+and encoded once per process; streams only pick bytes from a bounded outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+import redis.asyncio as aioredis
+from litestar import Litestar
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from service import errors, keys
+from service.fanout import HEARTBEAT, HEARTBEAT_BYTES, Heartbeat, Outbox, retry_frame, sse_frame
+from service.feeds import (
+    FlightFeed,
+    FlightWatcher,
+    Frame,
+    OrderMessage,
+    SnapshotFrame,
+    SubscriptionState,
+    decode_message,
+)
+from service.flights import FlightStore
+from service.models import Order
+from service.orders import OrderStore, is_terminal
+from service.settings import Settings
+
+log = logging.getLogger("seats.events")
+
+RESYNC: Final = -1  # an order outbox item: re-read the order whatever its version
+PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
+FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
+BURST_FRAMES: Final = 64  # frames a stream joins into one write when it fell behind
+_encode: Final = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class BrokerStats:
+    """Counters for logs, tests and the benchmark."""
+
+    subscriptions: int = 0  # successful (re)subscriptions
+    dropped: int = 0  # slow streams dropped
+    messages: int = 0  # announcements received
+
+
+class EventBroker:
+    """Owns the subscription, the flight feeds and the order watchers of one API process."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis, flights: FlightStore, orders: OrderStore) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._flights = flights
+        self._orders = orders
+        self._subscription = SubscriptionState()
+        self._feeds: dict[str, FlightFeed] = {}
+        self._order_watchers: dict[str, set[Outbox[int]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+        self.stats = BrokerStats()
+        self.reconnect_delay = 0.05  # first pause before resubscribing (doubles up to 2 s)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start subscribing (in the background: the API serves even while Redis is away)."""
+        self._loop = asyncio.get_running_loop()
+        self._tasks = [
+            asyncio.create_task(self._subscribe_forever(), name="events subscriber"),
+            asyncio.create_task(self._tick(), name="events heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        """End every stream and stop the background work."""
+        self.drain()
+        for feed in self._feeds.values():
+            feed.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def drain(self) -> None:
+        """End every open stream now (after what is queued) and refuse new ones: SIGTERM's step,
+        so uvicorn's graceful shutdown is not held up by clients that would stream forever."""
+        self._draining = True
+        for feed in self._feeds.values():
+            for watcher in feed.watchers:
+                watcher.outbox.close()
+        for outboxes in self._order_watchers.values():
+            for outbox in outboxes:
+                outbox.close()
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether the pattern subscription is up now."""
+        return self._subscription.ready.is_set()
+
+    @property
+    def open_streams(self) -> int:
+        """Flight and order streams currently attached."""
+        flights = sum(len(feed.watchers) for feed in self._feeds.values())
+        return flights + sum(len(outboxes) for outboxes in self._order_watchers.values())
+
+    # -- flight streams -----------------------------------------------------------------------
+
+    def open_flight(self, flight_id: str, mine: str | None, last_event_id: str | None) -> FlightWatcher:
+        """Attach a stream to the flight's feed (created on first use)."""
+        resume = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else None
+        watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, resume)
+        if self._draining:
+            watcher.outbox.close()
+            return watcher
+        feed = self._feeds.get(flight_id)
+        if feed is None:
+            feed = FlightFeed(
+                flight_id, redis=self._redis, flights=self._flights, subscription=self._subscription,
+                ring_length=self._settings.change_log_length, on_drop=self._dropped,
+            )
+            self._feeds[flight_id] = feed
+        watcher.timer = self._lifetime_timer(watcher.outbox)
+        feed.attach(watcher)
+        return watcher
+
+    async def flight_stream(self, watcher: FlightWatcher) -> AsyncIterator[bytes]:
+        """The stream's bytes: a ``retry`` hint, its first frames, then every change."""
+        try:
+            yield retry_frame(self._settings.sse_retry_ms)
+            last = -1
+            while (item := await watcher.outbox.get()) is not None:
+                chunks: list[bytes] = []
+                for each in [item, *watcher.outbox.take(BURST_FRAMES - 1)]:
+                    if isinstance(each, Heartbeat):
+                        chunks.append(HEARTBEAT_BYTES)
+                    elif isinstance(each, SnapshotFrame) or each.version > last:
+                        chunks.append(each.render(watcher.mine))
+                        last = each.version
+                if chunks:
+                    yield b"".join(chunks)
+        finally:
+            self._detach(watcher)
+
+    def _detach(self, watcher: FlightWatcher) -> None:
+        if watcher.timer is not None:
+            watcher.timer.cancel()
+        feed = self._feeds.get(watcher.flight_id)
+        if feed is not None:
+            feed.detach(watcher, asyncio.get_running_loop().time())
+
+    def _dropped(self, watcher: FlightWatcher) -> None:
+        self.stats.dropped += 1
+        log.info("dropped a slow stream", extra={"flight": watcher.flight_id, "queued": watcher.outbox.limit})
+
+    # -- order streams ------------------------------------------------------------------------
+
+    async def open_order(self, order_id: str, token: str, last_event_id: str | None) -> AsyncIterator[bytes] | None:
+        """Watch an order, then read it (no change can fall between); None when the client
+        already saw its terminal state (answer 204 so EventSource stops reconnecting).
+
+        Raises OrderNotFound (404) for an unknown order or a wrong token, before any stream opens.
+        """
+        outbox: Outbox[int] = Outbox(self._settings.sse_client_queue)
+        watchers = self._order_watchers.setdefault(order_id, set())
+        watchers.add(outbox)
+        try:
+            order = await self._orders.get(order_id, token)
+        except BaseException:
+            self._unwatch(order_id, outbox, None)
+            raise
+        if is_terminal(order) and last_event_id == str(order.version):
+            self._unwatch(order_id, outbox, None)
+            return None
+        if self._draining:
+            outbox.close()
+        return self._order_stream(order_id, token, outbox, order, self._lifetime_timer(outbox))
+
+    async def _order_stream(
+        self, order_id: str, token: str, outbox: Outbox[int], order: Order, timer: asyncio.TimerHandle | None
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield retry_frame(self._settings.sse_retry_ms) + _order_frame(order)
+            sent = order.version
+            while not is_terminal(order) and (item := await outbox.get()) is not None:
+                if isinstance(item, Heartbeat):
+                    yield HEARTBEAT_BYTES
+                    continue
+                if item != RESYNC and item <= sent:
+                    continue
+                try:
+                    order = await self._orders.get(order_id, token)
+                except errors.StoreUnavailable:
+                    await asyncio.sleep(0.5)
+                    outbox.push(RESYNC)
+                    continue
+                except errors.OrderNotFound:
+                    return
+                if order.version > sent:
+                    sent = order.version
+                    yield _order_frame(order)
+        finally:
+            self._unwatch(order_id, outbox, timer)
+
+    def _unwatch(self, order_id: str, outbox: Outbox[int], timer: asyncio.TimerHandle | None) -> None:
+        if timer is not None:
+            timer.cancel()
+        watchers = self._order_watchers.get(order_id)
+        if watchers is not None:
+            watchers.discard(outbox)
+            if not watchers:
+                del self._order_watchers[order_id]
+
+    # -- the subscription ---------------------------------------------------------------------
+
+    async def _subscribe_forever(self) -> None:
+        client = aioredis.Redis.from_url(
+            self._settings.redis_url, socket_connect_timeout=2.0, socket_keepalive=True, max_connections=2
+        )
+        failures = 0
+        try:
+            while True:
+                pubsub = client.pubsub()
+                try:
+                    await pubsub.psubscribe(keys.EVENTS_PATTERN)
+                    await _confirmed(pubsub)
+                    self._subscribed()
+                    failures = 0
+                    await self._pump(pubsub)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    if self._subscription.ready.is_set():
+                        log.warning("event subscription lost; resubscribing", extra={"error": str(exc)})
+                except Exception:  # whatever happened, live updates must resubscribe
+                    log.exception("event subscription failed; resubscribing")
+                finally:
+                    self._subscription.ready.clear()
+                    await pubsub.aclose()
+                failures += 1
+                await asyncio.sleep(min(self.reconnect_delay * 2 ** (failures - 1), 2.0))
+        finally:
+            await client.aclose()
+
+    def _subscribed(self) -> None:
+        """The subscription is (again) active: everything may have been missed, so resync."""
+        self.stats.subscriptions += 1
+        self._subscription.generation += 1
+        self._subscription.ready.set()
+        if self.stats.subscriptions > 1:
+            log.info("event subscription restored; resynchronising", extra={"feeds": len(self._feeds)})
+        for feed in self._feeds.values():
+            feed.resync(resubscribed=True)
+        for outboxes in self._order_watchers.values():
+            for outbox in outboxes:
+                outbox.push(RESYNC)
+
+    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        last_heard = loop.time()
+        pinged = 0.0
+        handled = 0
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            now = loop.time()
+            if message is None:
+                if now - last_heard > 3 * PING_SECONDS:
+                    raise RedisConnectionError("the event subscription went silent")
+                if now - last_heard > PING_SECONDS and now - pinged > PING_SECONDS:
+                    await pubsub.ping()
+                    pinged = now
+                continue
+            last_heard = now
+            if message["type"] == "pmessage":
+                self._dispatch(message["channel"], message["data"])
+            handled += 1
+            if handled % BURST_FRAMES == 0:
+                await asyncio.sleep(0)  # a burst must not starve the streams that write it out
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        """Route one announcement: seat changes to the flight's feed, order changes to its watchers."""
+        self.stats.messages += 1
+        feed = self._feeds.get(keys.flight_of_channel(channel.decode()))
+        if feed is None and not self._order_watchers:
+            return
+        try:
+            message = decode_message(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("ignored a malformed announcement", extra={"error": str(exc)})
+            return
+        if isinstance(message, OrderMessage):
+            for outbox in self._order_watchers.get(message.o, ()):
+                outbox.push(message.v)
+        elif feed is not None:
+            try:
+                feed.on_message(message)
+            except Exception:  # a bug in one feed must not end the process's only subscription
+                log.exception("flight feed failed on an announcement; re-reading it", extra={"flight": feed.flight_id})
+                feed.resync(full=True)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _lifetime_timer(self, outbox: Outbox[Frame] | Outbox[int]) -> asyncio.TimerHandle | None:
+        """End the stream after its capped lifetime (jittered so reconnects spread out)."""
+        if self._loop is None:
+            return None
+        lifetime = self._settings.sse_max_stream_seconds * random.uniform(0.8, 1.0)  # noqa: S311 - jitter
+        return self._loop.call_later(lifetime, outbox.close)
+
+    async def _tick(self) -> None:
+        """Heartbeat comments for every stream; evict feeds nobody watched for a while."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self._settings.sse_heartbeat_seconds)
+            for feed in self._feeds.values():
+                for watcher in feed.watchers:
+                    watcher.outbox.push(HEARTBEAT)
+            for outboxes in self._order_watchers.values():
+                for outbox in outboxes:
+                    outbox.push(HEARTBEAT)
+            now = loop.time()
+            for flight_id, feed in list(self._feeds.items()):
+                if feed.idle_since is not None and now - feed.idle_since > FEED_IDLE_SECONDS:
+                    feed.close()
+                    del self._feeds[flight_id]
+
+
+def _order_frame(order: Order) -> bytes:
+    return sse_frame("order", order.version, _encode(order))
+
+
+async def _confirmed(pubsub: aioredis.client.PubSub) -> None:
+    """Wait for PSUBSCRIBE's confirmation: only from then on is nothing published missed."""
+    async with asyncio.timeout(5.0):
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is not None and message["type"] == "psubscribe":
+                return
+
+
+def broker_of(app: Litestar) -> EventBroker | None:
+    """The app's broker, once its lifespan started."""
+    services = getattr(app.state, "services", None)
+    broker = getattr(services, "events", None)
+    return broker if isinstance(broker, EventBroker) else None

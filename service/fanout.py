@@ -1,0 +1,89 @@
+"""SSE framing and the per-stream outbox: what the fan-out hands each open stream.
+
+Frames are encoded once and shared by every stream that sends them; a stream only picks the
+bytes (public, or with its own order's ``mine`` marks) and writes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Final, Generic, TypeVar
+
+T = TypeVar("T")
+
+HEARTBEAT_BYTES: Final = b": keep-alive\n\n"  # a comment: browsers dispatch no event for it
+
+
+def sse_frame(event: str, event_id: int, data: bytes) -> bytes:
+    """One SSE event. ``data`` is compact JSON, so it never contains a newline."""
+    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), data)
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """The reconnection delay hint; a block without ``data`` dispatches no event."""
+    return b"retry: %d\n\n" % milliseconds
+
+
+class Heartbeat:
+    """The marker an outbox yields when a heartbeat comment is due."""
+
+
+HEARTBEAT: Final = Heartbeat()
+
+
+class Outbox(Generic[T]):
+    """A bounded queue between the fan-out (producer, never blocks) and one stream (consumer).
+
+    A consumer that falls ``limit`` items behind is dropped: its queue is emptied and closed, so
+    one slow client costs the others nothing. It reconnects with ``Last-Event-ID`` and resumes.
+    """
+
+    __slots__ = ("_items", "_limit", "_wakeup", "closed", "overflowed")
+
+    def __init__(self, limit: int) -> None:
+        self._items: deque[T | Heartbeat] = deque()
+        self._limit = limit
+        self._wakeup = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    @property
+    def limit(self) -> int:
+        """How many items may wait before the consumer counts as too slow."""
+        return self._limit
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def push(self, item: T | Heartbeat) -> bool:
+        """Queue ``item``; False when the outbox is closed or has just overflowed (and closed)."""
+        if self.closed:
+            return False
+        if len(self._items) >= self._limit:
+            self.overflowed = True
+            self._items.clear()
+            self.close()
+            return False
+        self._items.append(item)
+        self._wakeup.set()
+        return True
+
+    def close(self) -> None:
+        """No more items: the consumer gets what is queued, then ``None``."""
+        self.closed = True
+        self._wakeup.set()
+
+    async def get(self) -> T | Heartbeat | None:
+        """The next item, waiting for one; ``None`` once closed and empty."""
+        while not self._items:
+            if self.closed:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        return self._items.popleft()
+
+    def take(self, most: int) -> list[T | Heartbeat]:
+        """Up to ``most`` items already queued (a stream that fell behind writes them at once)."""
+        items = self._items
+        return [items.popleft() for _ in range(min(most, len(items)))]

@@ -1,0 +1,44 @@
+"""Serving the app with uvicorn, with open SSE streams drained when the server stops."""
+
+from __future__ import annotations
+
+import socket
+
+import uvicorn
+from litestar import Litestar
+
+from service.events import broker_of
+from service.settings import Settings
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn that ends the app's SSE streams as soon as its shutdown begins.
+
+    uvicorn's graceful shutdown waits for open connections and runs the lifespan shutdown only
+    after them, so without this every SSE client would hold the process for the whole
+    ``timeout_graceful_shutdown`` and then be cut off.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Litestar) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain the streams (they end after what is queued), then shut down as usual."""
+        broker = broker_of(self._app)
+        if broker is not None:
+            broker.drain()
+        await super().shutdown(sockets)
+
+
+def build_server(app: Litestar, settings: Settings) -> DrainingServer:
+    """The server ``seats api`` runs: no access log (query strings may carry order tokens)."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        access_log=False,
+        log_config=None,
+    )
+    return DrainingServer(config, app)
