@@ -273,9 +273,9 @@ def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs:
     from loadtest.system import machine
 
     merged = {name: _median_entry(entries) for name, entries in runs.items()}
-    baseline = merged.pop("baseline POST", None)
+    baseline = merged.pop("baseline POST", None) or {}
     bare_get = merged.pop("baseline GET", None)
-    if baseline is not None and bare_get is not None:
+    if bare_get is not None:
         baseline["get"] = bare_get
 
     ratios, per_repeat = _ratios(runs)
@@ -289,7 +289,7 @@ def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs:
             "flights": ctx.flights, "command": " ".join(["seats", "loadtest", *sys.argv[2:]]),
         },
         "machine": machine(redis_url),
-        "baseline": baseline,
+        "baseline": baseline or None,
         "scenarios": merged,
         "ratios": ratios,
         "ratios_per_repeat": per_repeat,

@@ -110,14 +110,14 @@ def table(report: dict[str, Any]) -> str:
     """The terminal table: one line per measured phase, then ratios and invariants."""
     header = ("phase", "rps", "p50 ms", "p95 ms", "p99 ms", "errors", "conflicts", "api µs/req")
     rows: list[tuple[object, ...]] = []
-    baseline = report.get("baseline")
-    if baseline:
+    baseline = report.get("baseline") or {}
+    if "rps" in baseline:
         rows.append(("baseline POST", baseline["rps"], baseline["p50_ms"], baseline["p95_ms"], baseline["p99_ms"],
                      baseline["errors"], 0, baseline.get("server_cpu_us_per_req")))
-        get = baseline.get("get") or {}
-        if get:
-            rows.append(("baseline GET", get["rps"], get["p50_ms"], get["p95_ms"], get["p99_ms"], get["errors"], 0,
-                         get.get("server_cpu_us_per_req")))
+    get = baseline.get("get") or {}
+    if get:
+        rows.append(("baseline GET", get["rps"], get["p50_ms"], get["p95_ms"], get["p99_ms"], get["errors"], 0,
+                     get.get("server_cpu_us_per_req")))
     for name, phase in report["scenarios"].items():
         rows.append((name, phase["rps"], phase["p50_ms"], phase["p95_ms"], phase["p99_ms"], phase["errors"],
                      phase["conflicts"], phase.get("server_cpu_us_per_req")))

@@ -13,7 +13,7 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from service import errors
 from service.api import events as event_routes
@@ -26,6 +26,7 @@ from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
 from service.events import EventBroker
 from service.flights import FlightStore
+from service.metrics import RequestMetrics
 from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
@@ -71,7 +72,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await queue.aclose()
             await client.aclose()
 
-    prometheus = PrometheusConfig(app_name="seats", prefix="seats", group_path=True, exclude=["/metrics"])
     return Litestar(
         route_handlers=[
             *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
@@ -81,7 +81,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={"services": Provide(services_from_state, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
-        middleware=[prometheus.middleware],
+        # not Litestar's Prometheus middleware: +23 µs a request against +4 µs (docs/performance.md)
+        middleware=[RequestMetrics],
         request_max_body_size=settings.max_body_bytes,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(

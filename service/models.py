@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -21,10 +22,18 @@ class Request(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
     """Base of request bodies: camelCase and strict about unknown fields."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _iso_second(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
 def iso_ms(epoch_ms: int) -> str:
-    """RFC 3339 UTC with milliseconds and a ``Z``: ``2026-11-24T10:15:00.123Z``."""
-    stamp = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{epoch_ms % 1000:03d}Z"
+    """RFC 3339 UTC with milliseconds and a ``Z``: ``2026-11-24T10:15:00.123Z``.
+
+    The per-second prefix is cached: formatting dates was 3 % of the hold path's CPU.
+    """
+    seconds, millis = divmod(epoch_ms, 1000)
+    return f"{_iso_second(seconds)}{millis:03d}Z"
 
 
 # --- requests ---------------------------------------------------------------------------

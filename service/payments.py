@@ -103,7 +103,7 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
              settings.release_on_failure, attempts_total],
         )
         metrics.payment_attempt(result.outcome, recorded.status)
-        log.info("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
+        log.debug("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
                                            "recorded": recorded.status})
         if recorded.status != "RETRY":
             return recorded.status

@@ -34,7 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     change_log_length: int = 1000
     sweep_interval_seconds: float = 0.2
     max_body_bytes: int = 64 * 1024
-    redis_max_connections: int = 64
+    redis_max_connections: int = 256
     graceful_shutdown_seconds: float = 3.0
     sse_heartbeat_seconds: float = 15.0
     sse_max_stream_seconds: float = 1800.0

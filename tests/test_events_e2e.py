@@ -51,7 +51,7 @@ async def test_order_stream_shows_trying_then_success_with_a_real_worker(process
 
         paying = await http.post(f"/orders/{order_id}/payment", json={"code": "12345"}, headers=auth(token))
         assert paying.status_code == 202
-        events = await order_watch.until(lambda ev: ev[-1].json()["state"] == "CONFIRMED", timeout=20)
+        events = await order_watch.until(lambda ev: bool(ev) and ev[-1].json()["state"] == "CONFIRMED", timeout=20)
         await asyncio.wait_for(order_watch.ended.wait(), 5)  # closed after the terminal state
         orders = [e.json() for e in events]
         assert [(o["state"], o["paymentStatus"]) for o in orders[1:2]] == [("PAYING", "trying")]
@@ -84,7 +84,7 @@ async def test_order_stream_shows_retrying_then_failed(processes: Processes) -> 
         await watch.until(lambda ev: len(ev) == 1)
         paying = await http.post(f"/orders/{order_id}/payment", json={"code": "12345"}, headers=auth(token))
         assert paying.status_code == 202
-        events = await watch.until(lambda ev: ev[-1].json()["state"] == "FAILED", timeout=20)
+        events = await watch.until(lambda ev: bool(ev) and ev[-1].json()["state"] == "FAILED", timeout=20)
         await asyncio.wait_for(watch.ended.wait(), 5)
         orders: list[dict[str, Any]] = [e.json() for e in events]
         statuses = [o["paymentStatus"] for o in orders]
