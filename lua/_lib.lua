@@ -77,7 +77,17 @@ local function save_order(fields, ttl_ms)
   local version = redis.call('HINCRBY', KEYS[4], 'version', 1)
   redis.call('HSET', KEYS[4], 'updatedAt', now, unpack(fields))
   if ttl_ms then redis.call('PEXPIRE', KEYS[4], ttl_ms) end
-  redis.call('PUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version}))
+  -- The event carries the order's public fields, so a stream shows every version even when two
+  -- changes land before it could read the order.
+  local flat = redis.call('HGETALL', KEYS[4])
+  local public = {}
+  for i = 1, #flat, 2 do
+    if flat[i] ~= 'tokenHash' and flat[i] ~= 'paymentId' then
+      public[#public + 1] = flat[i]
+      public[#public + 1] = flat[i + 1]
+    end
+  end
+  redis.call('PUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version, d = public}))
   return version
 end
 

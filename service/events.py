@@ -35,12 +35,13 @@ from service.feeds import (
 )
 from service.flights import FlightStore
 from service.models import Order
-from service.orders import OrderStore, is_terminal
+from service.orders import OrderStore, decode_order, is_terminal
 from service.settings import Settings
 
 log = logging.getLogger("seats.events")
 
 RESYNC: Final = -1  # an order outbox item: re-read the order whatever its version
+OrderUpdate = int | Order  # a version to read, or the order as announced
 PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
 FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
 BURST_FRAMES: Final = 64  # frames a stream joins into one write when it fell behind
@@ -66,7 +67,7 @@ class EventBroker:
         self._orders = orders
         self._subscription = SubscriptionState()
         self._feeds: dict[str, FlightFeed] = {}
-        self._order_watchers: dict[str, set[Outbox[int]]] = {}
+        self._order_watchers: dict[str, set[Outbox[OrderUpdate]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
@@ -171,7 +172,7 @@ class EventBroker:
 
         Raises OrderNotFound (404) for an unknown order or a wrong token, before any stream opens.
         """
-        outbox: Outbox[int] = Outbox(self._settings.sse_client_queue)
+        outbox: Outbox[OrderUpdate] = Outbox(self._settings.sse_client_queue)
         watchers = self._order_watchers.setdefault(order_id, set())
         watchers.add(outbox)
         try:
@@ -187,7 +188,7 @@ class EventBroker:
         return self._order_stream(order_id, token, outbox, order, self._lifetime_timer(outbox))
 
     async def _order_stream(
-        self, order_id: str, token: str, outbox: Outbox[int], order: Order, timer: asyncio.TimerHandle | None
+        self, order_id: str, token: str, outbox: Outbox[OrderUpdate], order: Order, timer: asyncio.TimerHandle | None
     ) -> AsyncIterator[bytes]:
         try:
             yield retry_frame(self._settings.sse_retry_ms) + _order_frame(order)
@@ -195,6 +196,11 @@ class EventBroker:
             while not is_terminal(order) and (item := await outbox.get()) is not None:
                 if isinstance(item, Heartbeat):
                     yield HEARTBEAT_BYTES
+                    continue
+                if isinstance(item, Order):
+                    if item.version > sent:
+                        order, sent = item, item.version
+                        yield _order_frame(order)
                     continue
                 if item != RESYNC and item <= sent:
                     continue
@@ -212,7 +218,7 @@ class EventBroker:
         finally:
             self._unwatch(order_id, outbox, timer)
 
-    def _unwatch(self, order_id: str, outbox: Outbox[int], timer: asyncio.TimerHandle | None) -> None:
+    def _unwatch(self, order_id: str, outbox: Outbox[OrderUpdate], timer: asyncio.TimerHandle | None) -> None:
         if timer is not None:
             timer.cancel()
         watchers = self._order_watchers.get(order_id)
@@ -297,8 +303,10 @@ class EventBroker:
             log.warning("ignored a malformed announcement", extra={"error": str(exc)})
             return
         if isinstance(message, OrderMessage):
-            for outbox in self._order_watchers.get(message.o, ()):
-                outbox.push(message.v)
+            watchers = self._order_watchers.get(message.o, ())
+            update: OrderUpdate = decode_order(message.d) if watchers and message.d else message.v
+            for outbox in watchers:
+                outbox.push(update)
         elif feed is not None:
             try:
                 feed.on_message(message)
@@ -308,7 +316,7 @@ class EventBroker:
 
     # -- timers ---------------------------------------------------------------------------------
 
-    def _lifetime_timer(self, outbox: Outbox[Frame] | Outbox[int]) -> asyncio.TimerHandle | None:
+    def _lifetime_timer(self, outbox: Outbox[Frame] | Outbox[OrderUpdate]) -> asyncio.TimerHandle | None:
         """End the stream after its capped lifetime (jittered so reconnects spread out)."""
         if self._loop is None:
             return None

@@ -82,11 +82,12 @@ class LayoutMessage(msgspec.Struct, tag="layout", tag_field="t"):
 
 
 class OrderMessage(msgspec.Struct, tag="order", tag_field="t"):
-    """Order ``o`` changed to version ``v`` (its content is read from the order hash)."""
+    """Order ``o`` changed to version ``v``; ``d`` is its public hash fields as a flat list."""
 
     f: str
     o: str
     v: int
+    d: list[str] = msgspec.field(default_factory=list)
 
 
 FlightMessage = SeatsMessage | LayoutMessage

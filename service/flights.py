@@ -178,6 +178,7 @@ class FlightStore:
         self._scripts = scripts
         self._settings = settings
         self._layouts: dict[str, Layout] = {}
+        self._configured: dict[str, PutFlightRequest] = {}
         self._snapshots: dict[str, Snapshot] = {}
 
     async def ensure_catalogue(self) -> None:
@@ -190,7 +191,16 @@ class FlightStore:
             body = PutFlightRequest(rows=rows, columns=columns)
             check_flight_id(flight_id)
             check_layout(body)
+            self._configured[flight_id] = body
             await self._put(flight_id, body, mode="ensure")
+
+    async def _restore_if_configured(self, flight_id: str) -> bool:
+        """Recreate a configured flight that Redis lost (a restart without persistence)."""
+        body = self._configured.get(flight_id)
+        if body is None:
+            return False
+        await self._put(flight_id, body, mode="ensure")
+        return True
 
     async def put(self, flight_id: str, body: PutFlightRequest) -> tuple[Flight, bool]:
         """Create a flight or replace its layout; returns the flight and whether it was created."""
@@ -217,7 +227,7 @@ class FlightStore:
 
     async def catalogue(self) -> list[Flight]:
         """Every flight, sorted by id."""
-        flight_ids = sorted(await store_call(self._redis.smembers(keys.CATALOG)))
+        flight_ids = sorted(await store_call(self._redis.smembers(keys.CATALOG)) | self._configured.keys())
         return [(await self.layout(f)).to_flight() for f in flight_ids]
 
     async def layout(self, flight_id: str, *, refresh: bool = False) -> Layout:
@@ -227,6 +237,8 @@ class FlightStore:
         if cached is not None and not refresh:
             return cached
         meta = await store_call(self._redis.hgetall(keys.flight(flight_id)))
+        if not meta and await self._restore_if_configured(flight_id):
+            meta = await store_call(self._redis.hgetall(keys.flight(flight_id)))
         if not meta:
             raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
         layout = Layout.build(flight_id, int(meta["rows"]), meta["columns"], meta["layoutRev"], int(meta["createdAt"]))
@@ -249,6 +261,8 @@ class FlightStore:
         (version, rev), now = replies[0], redis_now_ms(replies[1])
         mine_ok = bool(mine) and replies[2] is not None and _same(replies[2], mine[1] if mine else "")
         if version is None:
+            if await self._restore_if_configured(flight_id):
+                return await self.snapshot(flight_id, mine)
             raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
         cached = self._snapshots.get(flight_id)
         if cached and cached.layout.rev == rev and cached.version == int(version) and now < cached.valid_until:

@@ -37,7 +37,7 @@ def build_server(app: Litestar, settings: Settings) -> DrainingServer:
         app,
         host=settings.host,
         port=settings.port,
-        timeout_graceful_shutdown=int(settings.graceful_shutdown_seconds),
+        timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_seconds)),  # uvicorn takes whole seconds
         access_log=False,
         log_config=None,
     )

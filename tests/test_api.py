@@ -290,3 +290,12 @@ def test_readyz_reloads_flushed_scripts(client: Any, redis_url: str) -> None:
     assert client.get("/readyz").status_code == 200
     order_id, token = new_order(client)
     assert hold(client, order_id, token, ["2F"]).status_code == 200
+
+
+def test_configured_flight_survives_redis_data_loss(client: Any, redis_url: str) -> None:
+    """After Redis loses its data (a restart without AOF), FL-001 is recreated on first use instead of 404."""
+    redis.Redis.from_url(redis_url).flushall()
+    assert client.get("/flights/FL-001/seats").status_code == 200
+    assert any(f["flightId"] == "FL-001" for f in client.get("/flights").json())
+    order_id, token = new_order(client)
+    assert hold(client, order_id, token, ["1A"]).status_code == 200

@@ -384,3 +384,16 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_order_stream_shows_every_version_of_back_to_back_changes(server: LiveServer) -> None:
+    """Changes made back to back (no await between them) reach the order stream one event per version."""
+    async with http_client(server) as http:
+        order_id, token = await new_order(http)
+        watch = await Watch(http, f"/orders/{order_id}/events", auth(token)).open()
+        await watch.until(lambda ev: len(ev) == 1)
+        await asyncio.gather(*(hold(http, order_id, token, [seat]) for seat in ("3D", "3E", "3F")))
+        assert (await http.delete(f"/orders/{order_id}", headers=auth(token))).status_code == 200
+        events = await watch.until(lambda ev: bool(ev) and ev[-1].json()["state"] == "CANCELLED")
+        assert [int(e.id or 0) for e in events] == list(range(1, 6))
+        assert [e.json()["state"] for e in events] == ["PENDING"] + ["SEATS_SELECTED"] * 3 + ["CANCELLED"]
