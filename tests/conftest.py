@@ -89,6 +89,16 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A private redis-server with AOF, so a restart keeps the data as in production."""
+    with tempfile.TemporaryDirectory(prefix="seats-aof-") as data_dir:
+        server = RedisServer(free_port(), Path(data_dir), persistent=True)
+        server.start()
+        yield server
+        server.stop()
+
+
+@pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     """The private server's URL, emptied before each test."""
     if redis_server.process is None or redis_server.process.poll() is not None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import httpx
@@ -15,7 +13,7 @@ import pytest
 import redis
 
 from service import keys
-from tests.conftest import Processes, RedisServer, free_port
+from tests.conftest import Processes, RedisServer
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -104,16 +102,6 @@ def test_e2e_worker_killed_mid_payment(processes: Processes, redis_url: str) -> 
     assert final["attemptsLeft"] == 1
     assert int(data.get(keys.GATEWAY_CHARGES) or 0) == 1
     assert api.statuses()["2A"] == "confirmed"
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    """A private redis-server with AOF, so a restart keeps the data as in production."""
-    with tempfile.TemporaryDirectory(prefix="seats-aof-") as data_dir:
-        server = RedisServer(free_port(), Path(data_dir), persistent=True)
-        server.start()
-        yield server
-        server.stop()
 
 
 def test_e2e_redis_restart_worker_recovers(processes: Processes, persistent_redis: RedisServer) -> None:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import LiveServer, RedisServer, free_port
+from tests.conftest import LiveServer, RedisServer
 from tests.sse import Watch, apply, versions
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -269,16 +267,6 @@ async def test_redis_restart_with_data_loss_resyncs_with_a_snapshot(
         assert apply({}, events) == current["seats"]
         assert after[-1].json()["hash"] == current["hash"]
         await watch.close()
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    """A private redis-server with AOF, so a restart keeps the data as in production."""
-    with tempfile.TemporaryDirectory(prefix="seats-events-aof-") as data_dir:
-        server = RedisServer(free_port(), Path(data_dir), persistent=True)
-        server.start()
-        yield server
-        server.stop()
 
 
 async def test_redis_restart_with_persistence_catches_up_without_snapshot(
