@@ -166,6 +166,10 @@ def run_dev(settings: Settings | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="seats-dev-") as data_dir:
             try:
                 env = dict(os.environ)
+                # one metrics directory for API and worker, so /metrics shows the worker's counters
+                metrics_dir = Path(data_dir) / "metrics"
+                metrics_dir.mkdir()
+                env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
                 if not os.environ.get("SEATS_REDIS_URL"):
                     redis_process, env["SEATS_REDIS_URL"] = start_redis(Path(data_dir))
                     processes.append(redis_process)

@@ -1,4 +1,4 @@
-"""Business metrics for ``GET /metrics`` (request latency per route comes from Litestar's plugin).
+"""Metrics for ``GET /metrics``: request latency per route template and the business figures.
 
 The API and the worker are separate processes. Set ``PROMETHEUS_MULTIPROC_DIR`` to one directory
 both can write (emptied before they start; ``seats loadtest --spawn`` does this) and the API's
