@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -299,3 +301,16 @@ def test_configured_flight_survives_redis_data_loss(client: Any, redis_url: str)
     assert any(f["flightId"] == "FL-001" for f in client.get("/flights").json())
     order_id, token = new_order(client)
     assert hold(client, order_id, token, ["1A"]).status_code == 200
+
+
+def test_refresh_is_capped_by_max_hold(make_client: Any) -> None:
+    """A swap refreshes the hold, but never past SEATS_MAX_HOLD_SECONDS from the first hold."""
+    client = make_client(hold_seconds=1.0, max_hold_seconds=1.5)
+    order_id, token = new_order(client)
+    first = hold(client, order_id, token, ["2E"]).json()
+    time.sleep(0.8)
+    refreshed = hold(client, order_id, token, ["2E", "2F"]).json()
+    first_deadline = datetime.fromisoformat(first["holdExpiresAt"])
+    capped = datetime.fromisoformat(refreshed["holdExpiresAt"])
+    # first hold + 1.5 s, not refresh time + 1 s (which would be first + ~1.8 s)
+    assert 0.45 <= (capped - first_deadline).total_seconds() <= 0.55
