@@ -56,9 +56,10 @@ end
 
 -- Appends one change to the flight's capped log and publishes it: the change, its version and its
 -- announcement are one atomic step.
-local function announce(flight_key, log_key, kind, changes)
+-- `now` (ms, from TIME) may be passed in by a script that already read it.
+local function announce(flight_key, log_key, kind, changes, now)
   local version = redis.call('HINCRBY', flight_key, 'version', 1)
-  local now = now_ms()
+  now = now or now_ms()
   redis.call('HSET', flight_key, 'lastUpdated', now)
   local payload = cjson.encode({t = kind, f = ARGV[3], v = version, u = now, c = changes})
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], version .. '-1', 'd', payload)
@@ -66,14 +67,15 @@ local function announce(flight_key, log_key, kind, changes)
   return version
 end
 
-local function announce_seats(changes)
+local function announce_seats(changes, now)
   if next(changes) == nil then return nil end
-  return announce(KEYS[1], KEYS[2], 'seats', changes)
+  return announce(KEYS[1], KEYS[2], 'seats', changes, now)
 end
 
 -- Writes order fields, bumps the order's version and publishes an order event.
-local function save_order(fields, ttl_ms)
-  local now = now_ms()
+-- Returns the order's new version and the whole order hash as a flat list (for order_reply).
+local function save_order(fields, ttl_ms, now)
+  now = now or now_ms()
   local version = redis.call('HINCRBY', KEYS[4], 'version', 1)
   redis.call('HSET', KEYS[4], 'updatedAt', now, unpack(fields))
   if ttl_ms then redis.call('PEXPIRE', KEYS[4], ttl_ms) end
@@ -88,11 +90,15 @@ local function save_order(fields, ttl_ms)
     end
   end
   redis.call('PUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version, d = public}))
-  return version
+  return version, flat
 end
 
-local function order_reply(status)
-  return {status, redis.call('HGETALL', KEYS[4])}
+-- {status, the order as a flat list[, the flight's version]}. Scripts that changed seats pass the
+-- version their announcement made, so the API process that made the change never answers a
+-- seat-map poll from an older version (service/flights.py note_version). `flat` (the order hash
+-- as save_order left it) spares a second HGETALL.
+local function order_reply(status, flight_version, flat)
+  return {status, flat or redis.call('HGETALL', KEYS[4]), flight_version}
 end
 
 -- Releases one seat of this order. A key already gone lapsed by its TTL at the deadline: that

@@ -30,5 +30,4 @@ end
 redis.call('ZADD', KEYS[3], deadline, order_id)
 save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
             'lastError', '', 'holdExpiresAt', deadline}, nil)
-announce_seats(changes)
-return order_reply('OK')
+return order_reply('OK', announce_seats(changes))

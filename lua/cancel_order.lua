@@ -12,5 +12,4 @@ if stale then return stale end
 local changes = release_seats(5, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
 save_order({'state', 'CANCELLED'}, tonumber(ARGV[7]))
-announce_seats(changes)
-return order_reply('OK')
+return order_reply('OK', announce_seats(changes))

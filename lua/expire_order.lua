@@ -21,6 +21,6 @@ if order.state == 'SEATS_SELECTED' or order.state == 'PAYING' then
 end
 local changes = release_seats(5, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
-announce_seats(changes)
-if order.state == 'FAILED' then return order_reply('RELEASED') end
-return order_reply('DONE')
+local flight_version = announce_seats(changes)
+if order.state == 'FAILED' then return order_reply('RELEASED', flight_version) end
+return order_reply('DONE', flight_version)

@@ -45,17 +45,19 @@ end
 if #conflicts > 0 then return fail('CONFLICT', table.concat(conflicts, ',')) end
 
 local changes = {}
+local held_value = 'H|' .. order_id .. '|' .. deadline
 for i = 5, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
-    redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
+    redis.call('SET', KEYS[i], held_value, 'PXAT', deadline)
     changes[id] = {status = 'held', expiresAt = deadline, o = order_id}
   else
     release_seat(KEYS[i], changes)
   end
 end
 redis.call('ZADD', KEYS[3], deadline, order_id)
-save_order({'state', 'SEATS_SELECTED', 'seats', ARGV[12], 'holdExpiresAt', deadline,
-            'firstHoldAt', first_hold}, tonumber(ARGV[11]))
-announce_seats(changes)
-return order_reply('OK')
+-- One TIME for the whole script (deadline, updatedAt, lastUpdated) and the order hash read once
+-- after the write (it is both the order event and the reply).
+local _, flat = save_order({'state', 'SEATS_SELECTED', 'seats', ARGV[12], 'holdExpiresAt', deadline,
+                            'firstHoldAt', first_hold}, tonumber(ARGV[11]), now)
+return order_reply('OK', announce_seats(changes, now), flat)

@@ -58,7 +58,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         scripts = Scripts(client)
         flights = FlightStore(client, scripts, settings)
         enqueue = _payment_enqueuer([queue])
-        orders = OrderStore(OrderScripts(client, scripts, settings), flights, settings, enqueue)
+        order_scripts = OrderScripts(client, scripts, settings)
+        order_scripts.on_flight_version = flights.note_version
+        orders = OrderStore(order_scripts, flights, settings, enqueue)
         app.state.services = Services(settings, client, queue, scripts, flights, orders)
         await scripts.load_all()
         await flights.ensure_catalogue()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
@@ -22,7 +23,7 @@ from litestar import Litestar
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from service import errors, keys
+from service import errors, keys, metrics
 from service.fanout import HEARTBEAT, HEARTBEAT_BYTES, Heartbeat, Outbox, retry_frame, sse_frame
 from service.feeds import (
     FlightFeed,
@@ -33,7 +34,7 @@ from service.feeds import (
     SubscriptionState,
     decode_message,
 )
-from service.flights import FlightStore
+from service.flights import FlightStore, LiveState
 from service.models import Order
 from service.orders import OrderStore, decode_order, is_terminal
 from service.settings import Settings
@@ -45,7 +46,16 @@ OrderUpdate = int | Order  # a version to read, or the order as announced
 PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
 FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
 BURST_FRAMES: Final = 64  # frames a stream joins into one write when it fell behind
+# The seat-map fast path (answers from a live feed, no Redis round trip):
+VERIFY_SECONDS: Final = 0.5  # each live feed's version is checked against Redis this often
+VERIFIED_WITHIN: Final = 2.0  # a feed not confirmed by Redis this recently is not trusted
+HEARD_WITHIN: Final = PING_SECONDS + 3.0  # nor one of a subscription silent this long (pinged at 5 s)
+READ_FEED_IDLE_SECONDS: Final = 60.0  # a feed kept for reads (no stream) ends after this long unread
+MAX_FEEDS_FOR_READS: Final = 64  # reads start no feed while this many exist (a mirror of a 100k-seat
+# flight holds ~10 MB: the bound keeps the memory of read-only feeds small)
 _encode: Final = msgspec.json.Encoder().encode
+_FLIGHT_STREAMS: Final = metrics.SSE_SUBSCRIBERS.labels("flight")  # open streams, moved by the generators
+_ORDER_STREAMS: Final = metrics.SSE_SUBSCRIBERS.labels("order")
 
 
 @dataclass(slots=True)
@@ -82,10 +92,13 @@ class EventBroker:
         self._tasks = [
             asyncio.create_task(self._subscribe_forever(), name="events subscriber"),
             asyncio.create_task(self._tick(), name="events heartbeat"),
+            asyncio.create_task(self._verify_forever(), name="events verifier"),
         ]
+        self._flights.live = self
 
     async def stop(self) -> None:
         """End every stream and stop the background work."""
+        self._flights.live = None
         self.drain()
         for feed in self._feeds.values():
             feed.close()
@@ -115,6 +128,72 @@ class EventBroker:
         flights = sum(len(feed.watchers) for feed in self._feeds.values())
         return flights + sum(len(outboxes) for outboxes in self._order_watchers.values())
 
+    # -- the seat-map fast path -------------------------------------------------------------
+
+    def live_state(self, flight_id: str, min_version: int) -> LiveState | None:
+        """The flight's version and hash from its feed, when it can vouch for them: the subscription
+        is up and was heard lately, the feed is live and was confirmed by Redis lately, it is not
+        older than what this process wrote or read, and no hold its hash counts is near its deadline."""
+        feed = self._feeds.get(flight_id)
+        if feed is None:
+            return None
+        subscription = self._subscription
+        now = time.monotonic()
+        feed.last_read = now
+        redis_now = self._flights.clock.now_upper()
+        if (
+            redis_now is None
+            or not subscription.ready.is_set()
+            or now - subscription.last_heard > HEARD_WITHIN
+            or now - feed.verified_at > VERIFIED_WITHIN
+        ):
+            return None
+        return feed.live_state(redis_now, min_version)
+
+    def touch(self, flight_id: str) -> None:
+        """A seat-map read went to Redis: keep a feed for the flight so the next ones need not.
+
+        Feeds cost one decode and hash per change of the flight; a polled flight is read far more
+        often than it changes, so this pays off; it is bounded (MAX_FEEDS_FOR_READS) and ends when
+        nobody read it for READ_FEED_IDLE_SECONDS (and no stream watches it).
+        """
+        feed = self._feeds.get(flight_id)
+        if feed is None:
+            if self._draining or len(self._feeds) >= MAX_FEEDS_FOR_READS:
+                return
+            feed = self._new_feed(flight_id)
+            feed.resync()
+        feed.last_read = time.monotonic()
+
+    def reset(self, flight_id: str) -> None:
+        """The flight was (re)created or its layout replaced: its feed re-reads the whole map."""
+        feed = self._feeds.get(flight_id)
+        if feed is not None:
+            feed.verified_at = 0.0
+            feed.resync(full=True)
+
+    async def _verify_forever(self) -> None:
+        """Check every live feed against Redis (and Redis's clock) every VERIFY_SECONDS."""
+        while True:
+            await asyncio.sleep(VERIFY_SECONDS)
+            feeds = [feed for feed in self._feeds.values() if feed.live]
+            if not feeds or not self._subscription.ready.is_set():
+                continue
+            try:
+                pipe = self._redis.pipeline(transaction=True)
+                for feed in feeds:
+                    pipe.hmget(keys.flight(feed.flight_id), ["version", "layoutRev", "createdAt"])
+                pipe.time()
+                sent_ms = self._flights.clock.local_ms()
+                sent = time.monotonic()
+                replies = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.debug("feed verification failed", extra={"error": str(exc)})
+                continue
+            self._flights.clock.observe(int(replies[-1][0]) * 1000 + int(replies[-1][1]) // 1000, sent_ms)
+            for feed, (version, rev, created_at) in zip(feeds, replies, strict=False):
+                feed.verify(None if version is None else int(version), rev, created_at, sent)
+
     # -- flight streams -----------------------------------------------------------------------
 
     def open_flight(self, flight_id: str, mine: str | None, last_event_id: str | None) -> FlightWatcher:
@@ -124,19 +203,22 @@ class EventBroker:
         if self._draining:
             watcher.outbox.close()
             return watcher
-        feed = self._feeds.get(flight_id)
-        if feed is None:
-            feed = FlightFeed(
-                flight_id, redis=self._redis, flights=self._flights, subscription=self._subscription,
-                ring_length=self._settings.change_log_length, on_drop=self._dropped,
-            )
-            self._feeds[flight_id] = feed
+        feed = self._feeds.get(flight_id) or self._new_feed(flight_id)
         watcher.timer = self._lifetime_timer(watcher.outbox)
         feed.attach(watcher)
         return watcher
 
+    def _new_feed(self, flight_id: str) -> FlightFeed:
+        feed = FlightFeed(
+            flight_id, redis=self._redis, flights=self._flights, subscription=self._subscription,
+            ring_length=self._settings.change_log_length, on_drop=self._dropped,
+        )
+        self._feeds[flight_id] = feed
+        return feed
+
     async def flight_stream(self, watcher: FlightWatcher) -> AsyncIterator[bytes]:
         """The stream's bytes: a ``retry`` hint, its first frames, then every change."""
+        _FLIGHT_STREAMS.inc()
         try:
             yield retry_frame(self._settings.sse_retry_ms)
             last = -1
@@ -151,6 +233,7 @@ class EventBroker:
                 if chunks:
                     yield b"".join(chunks)
         finally:
+            _FLIGHT_STREAMS.dec()
             self._detach(watcher)
 
     def _detach(self, watcher: FlightWatcher) -> None:
@@ -190,6 +273,7 @@ class EventBroker:
     async def _order_stream(
         self, order_id: str, token: str, outbox: Outbox[OrderUpdate], order: Order, timer: asyncio.TimerHandle | None
     ) -> AsyncIterator[bytes]:
+        _ORDER_STREAMS.inc()
         try:
             yield retry_frame(self._settings.sse_retry_ms) + _order_frame(order)
             sent = order.version
@@ -216,6 +300,7 @@ class EventBroker:
                     sent = order.version
                     yield _order_frame(order)
         finally:
+            _ORDER_STREAMS.dec()
             self._unwatch(order_id, outbox, timer)
 
     def _unwatch(self, order_id: str, outbox: Outbox[OrderUpdate], timer: asyncio.TimerHandle | None) -> None:
@@ -240,6 +325,7 @@ class EventBroker:
                 try:
                     await pubsub.psubscribe(keys.EVENTS_PATTERN)
                     await _confirmed(pubsub)
+                    self._subscription.last_heard = time.monotonic()
                     self._subscribed()
                     failures = 0
                     await self._pump(pubsub)
@@ -285,6 +371,7 @@ class EventBroker:
                     pinged = now
                 continue
             last_heard = now
+            self._subscription.last_heard = time.monotonic()
             if message["type"] == "pmessage":
                 self._dispatch(message["channel"], message["data"])
             handled += 1
@@ -334,9 +421,11 @@ class EventBroker:
             for outboxes in self._order_watchers.values():
                 for outbox in outboxes:
                     outbox.push(HEARTBEAT)
-            now = loop.time()
+            now, mono = loop.time(), time.monotonic()
             for flight_id, feed in list(self._feeds.items()):
-                if feed.idle_since is not None and now - feed.idle_since > FEED_IDLE_SECONDS:
+                if feed.watchers or mono - feed.last_read <= READ_FEED_IDLE_SECONDS:
+                    continue
+                if feed.idle_since is None or now - feed.idle_since > FEED_IDLE_SECONDS:
                     feed.close()
                     del self._feeds[flight_id]
 

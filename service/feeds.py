@@ -38,19 +38,22 @@ from service.fanout import Outbox, sse_frame
 from service.flights import (
     FlightStore,
     Layout,
+    LiveState,
     Snapshot,
     build_snapshot,
     hash_fragments,
     redis_now_ms,
     seat_fragment,
 )
-from service.models import SeatsEvent, SeatStatus, SeatView, iso_ms
+from service.models import SeatMapVersion, SeatsEvent, SeatStatus, SeatView, iso_ms
 from service.store import store_call
 
 log = logging.getLogger("seats.events")
 
 SYNC_ERRORS = (errors.StoreUnavailable, errors.FlightNotFound, RedisError, OSError)
 MAX_PENDING: Final = 100_000  # announcements buffered while syncing; beyond it, re-read the map
+LIVE_MARGIN_MS: Final = 100  # the fast seat-map path gives up this long before a counted hold lapses
+LAG_SECONDS: Final = 2.0  # a version Redis had and the feed still lacks this much later was lost
 
 
 # --- the announcements, as the Lua scripts publish them -----------------------------------------
@@ -186,6 +189,8 @@ class Mirror:
     owned: dict[int, OwnedSeat] = field(default_factory=dict)  # by layout position
     order: list[int] = field(default_factory=list)  # the keys of ``owned``, sorted
     _snapshot: SnapshotFrame | None = None
+    _live: LiveState | None = None
+    _hash: str | None = None
 
     @classmethod
     def read(cls, layout: Layout, meta: dict[str, str], raw: list[str | None], now_ms: int) -> Mirror:
@@ -205,10 +210,25 @@ class Mirror:
 
     def hash(self) -> str:
         """The seat map's hash at this version (what ``GET .../seats`` reports for it)."""
-        now, owned = self.as_of, self.owned
-        fragments = [seat.fragment for seat in map(owned.__getitem__, self.order)
-                     if seat.deadline is None or seat.deadline > now]
-        return hash_fragments(self.layout, fragments)
+        if self._hash is None:
+            now, owned = self.as_of, self.owned
+            fragments = [seat.fragment for seat in map(owned.__getitem__, self.order)
+                         if seat.deadline is None or seat.deadline > now]
+            self._hash = hash_fragments(self.layout, fragments)
+        return self._hash
+
+    def live_state(self) -> LiveState:
+        """Version, hash and lastUpdated for the seat-map polls, valid until the earliest deadline
+        of a hold the hash counts (after it Redis would read that seat as available)."""
+        if self._live is None:
+            now = self.as_of
+            deadlines = [seat.deadline for seat in self.owned.values()
+                         if seat.deadline is not None and seat.deadline > now]
+            digest = self.hash()
+            view = SeatMapVersion(self.layout.flight_id, self.version, digest, iso_ms(self.last_updated))
+            self._live = LiveState(self.version, digest, self.last_updated, min(deadlines, default=2**62),
+                                   f'"{digest}"', view, _encode(view))
+        return self._live
 
     def _set(self, seat_id: str, value: str | None, deadline: int | None) -> None:
         position = self.positions[seat_id]
@@ -237,7 +257,7 @@ class Mirror:
                 self._set(seat, None, None)
                 changes[seat] = _AVAILABLE
         self.version, self.last_updated, self.as_of = message.v, message.u, max(self.as_of, message.u)
-        self._snapshot = None
+        self._snapshot = self._live = self._hash = None
         event = SeatsEvent(message.v, iso_ms(message.u), self.hash(), changes)
         return SeatsFrame(message.v, event, owners, sse_frame("seats", message.v, _encode(event)))
 
@@ -275,6 +295,7 @@ class SubscriptionState:
     def __init__(self) -> None:
         self.generation = 0
         self.ready = asyncio.Event()
+        self.last_heard = 0.0  # monotonic time the subscription last received anything
 
 
 class FlightFeed:
@@ -304,6 +325,47 @@ class FlightFeed:
         self._arrivals = 0
         self._ring: deque[SeatsFrame] = deque(maxlen=max(ring_length, 1))
         self._sync_task: asyncio.Task[None] | None = None
+        self.last_read = 0.0  # monotonic time of the last seat-map read that used or wanted this feed
+        self.verified_at = 0.0  # monotonic send time of the last check that Redis agrees (verify())
+        self._lag_mark: tuple[int, float] | None = None  # a Redis version the mirror lacked, and when
+
+    @property
+    def live(self) -> bool:
+        """Whether the feed applies announcements as they come (not syncing)."""
+        return self._live and self._mirror is not None
+
+    def live_state(self, redis_now_upper: float, min_version: int) -> LiveState | None:
+        """The mirror's current state for the seat-map polls, or None when it cannot vouch for it:
+        syncing, older than what this process already saw, or a hold it counts is near its deadline."""
+        mirror = self._mirror
+        if not self._live or mirror is None or mirror.version < min_version:
+            return None
+        state = mirror.live_state()
+        if redis_now_upper + LIVE_MARGIN_MS >= state.valid_until:
+            return None
+        return state
+
+    def verify(self, version: int | None, rev: str | None, created_at: str | None, sent_at: float) -> None:
+        """Compare the mirror with the flight hash read at ``sent_at``: resync when the data was reset
+        or replaced (the flight is gone, or has another layout revision or creation time), or when
+        the mirror has not reached, LAG_SECONDS later, a version Redis had (an announcement was lost).
+        A version below the mirror's is no alarm: announcements may overtake the check's reply."""
+        mirror = self._mirror
+        if not self._live or mirror is None:
+            return
+        if version is None or rev != mirror.layout.rev or created_at != mirror.created_at:
+            self._lag_mark = None
+            self.resync(full=True)
+            return
+        if self._lag_mark is not None and mirror.version >= self._lag_mark[0]:
+            self._lag_mark = None
+        if self._lag_mark is not None and sent_at - self._lag_mark[1] > LAG_SECONDS:
+            self._lag_mark = None
+            self.resync()  # catches up from the change log
+            return
+        if self._lag_mark is None and version > mirror.version:
+            self._lag_mark = (version, sent_at)
+        self.verified_at = sent_at
 
     @property
     def version(self) -> int | None:
@@ -362,6 +424,7 @@ class FlightFeed:
 
     def on_message(self, message: FlightMessage) -> None:
         """Apply one live announcement, or buffer it while syncing."""
+        self._flights.clock.observe_at_least(message.u)
         mirror = self._mirror
         if not self._live or mirror is None:
             self._buffer(message)
@@ -480,8 +543,10 @@ class FlightFeed:
             pipe.hgetall(keys.flight(self.flight_id))
             pipe.mget(list(layout.seat_keys))
             pipe.time()
+            sent = self._flights.clock.local_ms()
             replies: list[Any] = await store_call(pipe.execute())
             meta, raw, time_reply = replies
+            self._flights.clock.observe(redis_now_ms(time_reply), sent)
             if not meta:
                 raise errors.FlightNotFound(f"Flight {self.flight_id} does not exist.")
             if meta.get("layoutRev") != layout.rev:

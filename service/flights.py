@@ -6,10 +6,11 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import redis.asyncio as aioredis
@@ -170,6 +171,65 @@ def redis_now_ms(time_reply: tuple[int, int]) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
+class RedisClock:
+    """An upper bound on Redis's clock (``TIME``, the service's one clock) from the local one.
+
+    Each ``TIME`` reply read by a request sent at local monotonic ``t`` was taken at or after ``t``,
+    so ``reply - t`` bounds the offset from above; an announcement's ``u`` (Redis time when the
+    change was made, before it reached us) bounds it from below and only ever raises the estimate.
+    Over-estimating Redis's time is the safe side: the fast read path then gives up sooner.
+    """
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset: float | None = None  # Redis ms minus local monotonic ms
+
+    @staticmethod
+    def local_ms() -> float:
+        """The local monotonic clock in ms."""
+        return time.monotonic() * 1000.0
+
+    def observe(self, redis_ms: int, sent_local_ms: float) -> None:
+        """A ``TIME`` reply to a request sent at local ``sent_local_ms``."""
+        self.offset = redis_ms - sent_local_ms
+
+    def observe_at_least(self, redis_ms: int) -> None:
+        """A Redis timestamp taken before now (e.g. an announcement's ``u``)."""
+        if self.offset is not None:
+            self.offset = max(self.offset, redis_ms - self.local_ms())
+
+    def now_upper(self) -> float | None:
+        """Redis's time now, rounded up to the safe side (None before any observation)."""
+        return None if self.offset is None else self.local_ms() + self.offset
+
+
+@dataclass(frozen=True, slots=True)
+class LiveState:
+    """What the seat-map polls need at one version, from the in-process feed (no Redis)."""
+
+    version: int
+    hash: str
+    last_updated: int
+    valid_until: int  # the earliest deadline of a hold the hash still counts
+    etag: str
+    version_view: SeatMapVersion
+    version_json: bytes  # version_view encoded once
+
+
+class LiveSource(Protocol):
+    """The process's event broker as the seat-map fast path sees it (``service.events``)."""
+
+    def live_state(self, flight_id: str, min_version: int) -> LiveState | None:
+        """The flight's current state when the feed can vouch for it, else None."""
+
+    def touch(self, flight_id: str) -> None:
+        """The flight is being read: keep (or start) a feed for it."""
+
+    def reset(self, flight_id: str) -> None:
+        """The flight's data was replaced without announcements the feed can rely on."""
+
+
 class FlightStore:
     """Flights and seat maps, with per-process caches of layouts and encoded snapshots."""
 
@@ -180,6 +240,22 @@ class FlightStore:
         self._layouts: dict[str, Layout] = {}
         self._configured: dict[str, PutFlightRequest] = {}
         self._snapshots: dict[str, Snapshot] = {}
+        self.clock = RedisClock()
+        self.live: LiveSource | None = None  # set by the event broker when it starts
+        self._seen_version: dict[str, int] = {}  # highest flight version this process saw or wrote
+        self._created: dict[str, str] = {}  # each flight's createdAt as last read (changes on re-creation)
+
+    def note_version(self, flight_id: str, version: int) -> None:
+        """This process wrote or read ``version`` of the flight: later fast answers must not be older."""
+        if version > self._seen_version.get(flight_id, -1):
+            self._seen_version[flight_id] = version
+
+    def live_state(self, flight_id: str) -> LiveState | None:
+        """The fast path: the flight's version and hash from the live feed, or None (ask Redis)."""
+        live = self.live
+        if live is None:
+            return None
+        return live.live_state(flight_id, self._seen_version.get(flight_id, 0))
 
     async def ensure_catalogue(self) -> None:
         """Create the default flight and those of ``SEATS_FLIGHTS`` when they are absent."""
@@ -223,7 +299,13 @@ class FlightStore:
              body.rows, body.columns, body.rows * len(body.columns), mode],
         )
         self._layouts.pop(flight_id, None)
-        return str(reply[0])
+        status = str(reply[0])
+        if status != "EXISTS":
+            # A new flight (maybe after data loss) or a new layout: the feed must re-read it.
+            self._seen_version.pop(flight_id, None)
+            if self.live is not None:
+                self.live.reset(flight_id)
+        return status
 
     async def catalogue(self) -> list[Flight]:
         """Every flight, sorted by id."""
@@ -253,17 +335,28 @@ class FlightStore:
         """
         layout = await self.layout(flight_id)
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hmget(keys.flight(flight_id), ["version", "layoutRev"])
+        pipe.hmget(keys.flight(flight_id), ["version", "layoutRev", "createdAt"])
         pipe.time()
         if mine:
             pipe.hget(keys.order(flight_id, mine[0]), "tokenHash")
+        sent = self.clock.local_ms()
         replies: list[Any] = await store_call(pipe.execute())
-        (version, rev), now = replies[0], redis_now_ms(replies[1])
+        (version, rev, created_at), now = replies[0], redis_now_ms(replies[1])
+        self.clock.observe(now, sent)
         mine_ok = bool(mine) and replies[2] is not None and _same(replies[2], mine[1] if mine else "")
         if version is None:
             if await self._restore_if_configured(flight_id):
                 return await self.snapshot(flight_id, mine)
             raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
+        if self._created.get(flight_id, created_at) != created_at:
+            # The flight was created again (Redis lost its data): versions start over.
+            self._seen_version.pop(flight_id, None)
+            if self.live is not None:
+                self.live.reset(flight_id)
+        self._created[flight_id] = created_at
+        self.note_version(flight_id, int(version))
+        if self.live is not None:
+            self.live.touch(flight_id)
         cached = self._snapshots.get(flight_id)
         if cached and cached.layout.rev == rev and cached.version == int(version) and now < cached.valid_until:
             return cached, mine_ok

@@ -108,6 +108,20 @@ class OrderScripts:
         self.scripts = scripts
         self.settings = settings
         self.seen_seats = BoundedCache(100_000)
+        self.on_flight_version: Callable[[str, int], None] | None = None  # FlightStore.note_version
+        self._retention_ms = int(settings.order_retention_seconds * 1000)
+        self._keys_of: dict[str, tuple[tuple[str, str, str], str, str]] = {}
+
+    def _flight_keys(self, flight_id: str) -> tuple[tuple[str, str, str], str, str]:
+        """(flight, change log, deadlines) keys, the channel and the seat-key prefix, built once."""
+        cached = self._keys_of.get(flight_id)
+        if cached is None:
+            seat_prefix = keys.seat(flight_id, "")
+            cached = ((keys.flight(flight_id), keys.changes(flight_id), keys.deadlines(flight_id)),
+                      keys.events_channel(flight_id), seat_prefix)
+            if len(self._keys_of) < 100_000:
+                self._keys_of[flight_id] = cached
+        return cached
 
     async def run(  # noqa: PLR0917 - mirrors the script convention: name, flight, order, token, args
         self,
@@ -120,22 +134,23 @@ class OrderScripts:
     ) -> ScriptResult:
         """Run ``name`` with the order's current seat keys (retrying when our view was stale)."""
         expected = self.seen_seats.get(order_id, "")
+        flight_keys, channel, seat_prefix = self._flight_keys(flight_id)
         for _ in range(MAX_STALE_RETRIES):
-            current = [s for s in expected.split(",") if s]
-            seat_ids = current + [s for s in new_seats if s not in set(current)]
-            key_list = [
-                keys.flight(flight_id), keys.changes(flight_id), keys.deadlines(flight_id),
-                keys.order(flight_id, order_id), *(keys.seat(flight_id, s) for s in seat_ids),
-            ]
+            current = expected.split(",") if expected else []
+            seat_ids = current + [s for s in new_seats if s not in current] if current else list(new_seats)
+            key_list = [*flight_keys, keys.order(flight_id, order_id), *[seat_prefix + s for s in seat_ids]]
             base: list[Arg] = [
-                keys.events_channel(flight_id), self.settings.change_log_length, flight_id, order_id,
-                token_hash, expected, int(self.settings.order_retention_seconds * 1000),
+                channel, self.settings.change_log_length, flight_id, order_id,
+                token_hash, expected, self._retention_ms,
             ]
             try:
-                status, flat = await self.scripts.run(name, key_list, [*base, *args])
+                reply = await self.scripts.run(name, key_list, [*base, *args])
             except StaleView as stale:
                 expected = stale.detail
                 continue
+            status, flat = reply[0], reply[1]
+            if self.on_flight_version is not None and len(reply) > 2 and reply[2] is not None:
+                self.on_flight_version(flight_id, int(reply[2]))
             order = decode_order(flat) if flat else None
             if order is not None:
                 self.seen_seats.put(order_id, ",".join(order.seats))
@@ -159,6 +174,8 @@ class OrderStore:
         self._settings = settings
         self._enqueue_payment = enqueue_payment
         self._flight_of = BoundedCache(100_000)
+        self._hold_ms = int(settings.hold_seconds * 1000)
+        self._max_hold_ms = int(settings.max_hold_seconds * 1000)
 
     async def create(self, flight_id: str, order_id: str | None) -> CreatedOrder:
         """Create a PENDING order; the token is returned once and stored only as a hash."""
@@ -214,10 +231,7 @@ class OrderStore:
                     f"Unknown seat ids for flight {flight_id}: {', '.join(unknown)}.",
                     {"field": "seats", "unknown": unknown},
                 )
-            args: list[Arg] = [
-                int(self._settings.hold_seconds * 1000), int(self._settings.max_hold_seconds * 1000),
-                layout.rev, self._ttl_ms(), ",".join(seats),
-            ]
+            args: list[Arg] = [self._hold_ms, self._max_hold_ms, layout.rev, self._ttl_ms(), ",".join(seats)]
             try:
                 result = await self._scripts.run("hold_seats", flight_id, order_id, hash_token(token), args, seats)
             except StaleLayout:

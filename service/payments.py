@@ -48,24 +48,32 @@ class SimulatedGateway:
         self._rng = rng or random.Random()  # noqa: S311 - simulates declines; not security
 
     async def charge(self, idempotency_key: str) -> GatewayResult:
-        """Charge once per key; returns ``success`` or ``declined``."""
+        """Charge once per key; returns ``success`` or ``declined``.
+
+        ``SET key answer NX GET`` records this answer and tells, in the same command, whether the
+        key already had one (then that recorded answer is the answer and nothing is charged).
+        """
         record_key = keys.gateway_charge(idempotency_key)
-        recorded = await store_call(self._redis.get(record_key))
-        if recorded is not None:
-            outcome, _, message = str(recorded).partition("|")
-            return GatewayResult(outcome, message)
         if self._latency > 0:
+            recorded = await store_call(self._redis.get(record_key))  # a repeat answers at once
+            if recorded is not None:
+                return _recorded(recorded)
             await asyncio.sleep(self._latency)
         declined = self._rng.random() < self._failure_rate
         result = GatewayResult("declined", "The payment was declined.") if declined else GatewayResult("success", "")
-        stored = await store_call(self._redis.set(
-            record_key, f"{result.outcome}|{result.message}", nx=True, ex=GATEWAY_RECORD_SECONDS
+        previous = await store_call(self._redis.set(
+            record_key, f"{result.outcome}|{result.message}", nx=True, get=True, ex=GATEWAY_RECORD_SECONDS
         ))
-        if not stored:  # a concurrent duplicate answered first: its answer is the answer
-            return await self.charge(idempotency_key)
+        if previous is not None:  # answered before (a re-run, or a concurrent duplicate first)
+            return _recorded(previous)
         if result.outcome == "success":
             await store_call(self._redis.incr(keys.GATEWAY_CHARGES))
         return result
+
+
+def _recorded(value: str | bytes) -> GatewayResult:
+    outcome, _, message = str(value).partition("|")
+    return GatewayResult(outcome, message)
 
 
 async def attempt_with_timeout(gateway: SimulatedGateway, key: str, timeout: float) -> GatewayResult:
@@ -82,18 +90,16 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
 ) -> str:
     """Run a submission's attempts until CONFIRMED, FAILED, LATE or nothing is left to do."""
     attempts_total = settings.payment_attempts
+    seen = ""  # the first attempt takes attemptsLeft as mark_trying finds it (no read before it)
     for _ in range(attempts_total + 1):
-        fields = await store_call(order_scripts.redis.hmget(keys.order(flight_id, order_id), ["attemptsLeft", "seats"]))
-        attempts_left, seats = fields
-        if attempts_left is None:
+        started = await order_scripts.run("mark_trying", flight_id, order_id, TRUSTED, [payment_id, seen])
+        if started.order is None:
             return "GONE"
-        order_scripts.seen_seats.put(order_id, seats or "")
-        started = await order_scripts.run(
-            "mark_trying", flight_id, order_id, TRUSTED, [payment_id, attempts_left]
-        )
         if started.status != "OK":
             return started.status
-        attempt_no = attempts_total - int(attempts_left) + 1
+        # The order mark_trying returns is the fence for record_attempt (and carries the seats).
+        attempts_left = started.order.attempts_left
+        attempt_no = attempts_total - attempts_left + 1
         result = await attempt_with_timeout(
             gateway, f"{payment_id}:{attempt_no}", settings.payment_timeout_seconds
         )
@@ -105,8 +111,9 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
         metrics.payment_attempt(result.outcome, recorded.status)
         log.debug("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
                                            "recorded": recorded.status})
-        if recorded.status != "RETRY":
+        if recorded.status != "RETRY" or recorded.order is None:
             return recorded.status
+        seen = str(recorded.order.attempts_left)  # the next attempt runs only if nobody moved on
         await asyncio.sleep(settings.payment_backoff_seconds)
     return "EXHAUSTED"
 

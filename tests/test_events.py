@@ -385,3 +385,33 @@ async def test_order_stream_shows_every_version_of_back_to_back_changes(server: 
         events = await watch.until(lambda ev: bool(ev) and ev[-1].json()["state"] == "CANCELLED")
         assert [int(e.id or 0) for e in events] == list(range(1, 6))
         assert [e.json()["state"] for e in events] == ["PENDING"] + ["SEATS_SELECTED"] * 3 + ["CANCELLED"]
+
+
+def _gauge(text: str, stream: str) -> float:
+    """The value of ``seats_sse_subscribers{stream=...}`` in a /metrics page (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith("seats_sse_subscribers{") and f'stream="{stream}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_sse_subscribers_gauge_follows_open_streams(server: LiveServer) -> None:
+    """/metrics shows one flight stream (and one order stream) while they are open, none after."""
+    async with http_client(server) as http:
+        assert _gauge((await http.get("/metrics")).text, "flight") == 0
+        order_id, token = await new_order(http)
+        flight = await Watch(http, "/flights/FL-001/events").open()
+        order = await Watch(http, f"/orders/{order_id}/events", headers=auth(token)).open()
+        await flight.until(lambda events: any(e.event == "snapshot" for e in events))
+        await order.until(lambda events: any(e.event == "order" for e in events))
+        page = (await http.get("/metrics")).text
+        assert _gauge(page, "flight") == 1 and _gauge(page, "order") == 1
+        await flight.close()
+        await order.close()
+        deadline = time.monotonic() + 5
+        while True:
+            page = (await http.get("/metrics")).text
+            if _gauge(page, "flight") == 0 and _gauge(page, "order") == 0:
+                break
+            assert time.monotonic() < deadline, "the gauge did not come back to 0 after the streams closed"
+            await asyncio.sleep(0.05)

@@ -8,7 +8,7 @@ from litestar import MediaType, Response, get, put
 from litestar.params import FromPath, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from service.api.deps import AnyRequest, ServicesDep, bearer_token, decode_body, require_admin
+from service.api.deps import AnyRequest, Services, ServicesDep, bearer_token, decode_body, require_admin
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
 
@@ -48,15 +48,21 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
 
 @get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON)
 async def seat_map(
-    flight_id: FromPath[str], request: AnyRequest, services: ServicesDep, order_id: OrderIdQuery = None
+    flight_id: FromPath[str], request: AnyRequest, order_id: OrderIdQuery = None
 ) -> Response[SeatMap | bytes]:
     """The seat map with ``ETag``; ``If-None-Match`` gives 304; ``mine`` for the order's token holder."""
+    services: Services = request.app.state.services  # a hot path: skip Litestar's DI resolution
     token = bearer_token(request, allow_query=True)
     mine = (order_id, hash_token(token)) if order_id and token else None
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match and mine is None:
+        live = services.flights.live_state(flight_id)  # no Redis round trip while the feed vouches
+        if live is not None and _matches(if_none_match, live.etag):
+            return Response(b"", status_code=304, headers={"ETag": live.etag, "Cache-Control": "no-cache"})
     snapshot, mine_ok = await services.flights.snapshot(flight_id, mine)
     etag = f'"{snapshot.hash}"'
     headers = {"ETag": etag, "Cache-Control": "no-cache"}
-    if _matches(request.headers.get("if-none-match"), etag):
+    if _matches(if_none_match, etag):
         return Response(b"", status_code=304, headers=headers)
     if mine_ok and order_id:
         return Response(snapshot.view(order_id), headers=headers)
@@ -64,10 +70,14 @@ async def seat_map(
 
 
 @get("/flights/{flight_id:str}/seats/version")
-async def seat_map_version(flight_id: FromPath[str], services: ServicesDep) -> SeatMapVersion:
+async def seat_map_version(flight_id: FromPath[str], request: AnyRequest) -> Response[SeatMapVersion | bytes]:
     """The cheap poll: version, hash and lastUpdated."""
+    services: Services = request.app.state.services  # a hot path: skip Litestar's DI resolution
+    live = services.flights.live_state(flight_id)  # no Redis round trip while the feed vouches
+    if live is not None:
+        return Response(live.version_json, media_type=MediaType.JSON)  # encoded once per version
     snapshot, _ = await services.flights.snapshot(flight_id)
-    return snapshot.version_view()
+    return Response(snapshot.version_view())
 
 
 @get("/flights/{flight_id:str}/available-seats")
