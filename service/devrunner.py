@@ -145,6 +145,7 @@ def single_instance(settings: Settings) -> Iterator[IO[str]]:
     try:
         yield handle
     finally:
+        lock_path.unlink(missing_ok=True)
         handle.close()
 
 

@@ -4,6 +4,7 @@ real processes (``seats api`` / ``seats worker``) started the way a user starts 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -33,6 +34,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded before any fork: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL the child when the test process dies (even killed): no stray servers."""
+    _LIBC.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 @dataclass
 class RedisServer:
     """A private redis-server on a free port that tests may stop and restart."""
@@ -54,6 +63,7 @@ class RedisServer:
              "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
              "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log")],
             start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call, no locks taken in the child
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
@@ -141,7 +151,7 @@ class Processes:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
             env={**self.base_env, **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=REPO,
+            start_new_session=True, cwd=REPO, preexec_fn=_die_with_parent,  # noqa: PLW1509 - as above
         )
         self.started.append(process)
         self.logs.append(log_file)
