@@ -197,7 +197,7 @@ class OrderStore:
             )
         except Refusal as refusal:
             await store_call(self._redis.delete(keys.order_flight(order_id)))
-            raise self._refusal_error(refusal, order_id) from None
+            raise refusal_error(refusal, order_id) from None
         assert result.order is not None
         self._flight_of.put(order_id, flight_id)
         return CreatedOrder(**{f: getattr(result.order, f) for f in result.order.__struct_fields__}, token=token)
@@ -238,7 +238,7 @@ class OrderStore:
                 await self._flights.layout(flight_id, refresh=True)
                 continue
             except Refusal as refusal:
-                raise self._refusal_error(refusal, order_id) from None
+                raise refusal_error(refusal, order_id) from None
             return self._expect_open(result)
         raise errors.Conflict("The flight's layout kept changing; try again.", {"flightId": flight_id})
 
@@ -257,7 +257,7 @@ class OrderStore:
                 "begin_payment", flight_id, order_id, hash_token(token), [payment_id, window_ms]
             )
         except Refusal as refusal:
-            raise self._refusal_error(refusal, order_id) from None
+            raise refusal_error(refusal, order_id) from None
         order = self._expect_open(result)
         await self._enqueue_payment(flight_id, order_id, payment_id)
         return order
@@ -268,7 +268,7 @@ class OrderStore:
         try:
             result = await self._scripts.run("cancel_order", flight_id, order_id, hash_token(token))
         except Refusal as refusal:
-            raise self._refusal_error(refusal, order_id) from None
+            raise refusal_error(refusal, order_id) from None
         assert result.order is not None
         return result.order
 
@@ -314,9 +314,6 @@ class OrderStore:
 
     def _not_found(self, order_id: str) -> errors.OrderNotFound:
         return errors.OrderNotFound(f"Order {order_id} does not exist.", {"orderId": order_id})
-
-    def _refusal_error(self, refusal: Refusal, order_id: str) -> errors.SeatsError:
-        return refusal_error(refusal, order_id)
 
 
 def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:
