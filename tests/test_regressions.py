@@ -286,3 +286,7 @@ def test_spec9_item_17_failing_code_stops_after_three_attempts(make_client: Any,
     run_worker_burst(make_settings(payment_failure_rate=1.0))
     order = client.get(f"/orders/{order_id}", headers=auth(token)).json()
     assert (order["state"], order["paymentStatus"], order["attemptsLeft"]) == ("FAILED", "failed", 0)
+    assert "failed after 3 attempts" in order["lastError"]
+    assert seat_statuses(client)["5E"] == "held"  # deadline mode: released when the hold runs out
+    again = client.post(f"/orders/{order_id}/payment", json={"code": "12345"}, headers=auth(token))
+    assert again.status_code == 409 and again.json()["error"] == "order_closed"
