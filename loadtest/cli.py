@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import secrets
 import signal
@@ -27,6 +28,7 @@ SPAWN_DEFAULTS = {
 }
 BASELINE_BODY = {"seats": ["1A", "1B", "1C", "1D"]}
 EXIT_OK, EXIT_VIOLATION, EXIT_USAGE = 0, 1, 2
+ARQ_BASELINE_TIMEOUT_SECONDS = 300
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pacing.add_argument("--rate", type=float, help="open loop: arrivals per second (latency from scheduled time)")
     pacing.add_argument("--users", type=int, help="closed loop: concurrent users (default 32)")
     parser.add_argument("--baseline", action="store_true",
-                        help="also load a bare Litestar app with the same client and report ratios")
+                        help="also load a bare Litestar app with the same client and report ratios "
+                             "(with 'pay': also time no-op jobs through an arq worker tuned the same)")
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians (default 1)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -169,6 +172,8 @@ async def _run(args: argparse.Namespace, env: dict[str, str], target: Target) ->
                     method, path = pending.pop(wanted)
                     ctx.probe = _probe({"baseline": target.roots_baseline}, None)
                     runs.setdefault(wanted, []).append(await _baseline_phase(ctx, target.baseline_url, method, path))
+                if name == "pay" and target.baseline_url is not None and redis_url:
+                    runs.setdefault("baseline arq", []).append(await _arq_baseline(redis_url, args.pay_orders))
                 ctx.probe = _probe(target.roots, redis_url)
                 before = rpt.parse_metrics((await scrape.call(None, "GET", "/metrics")).body.decode())
                 phases = await SCENARIOS[name](ctx)
@@ -232,6 +237,26 @@ async def _baseline_phase(ctx: Context, url: str, method: str, path: str) -> dic
     return _phase_entry(Phase(name, recorder, [name], pacing, usage), server="baseline")
 
 
+async def _arq_baseline(redis_url: str, jobs: int) -> dict[str, Any]:
+    """No-op jobs drained by an arq worker tuned as ``seats worker`` (``loadtest.arq_baseline``)."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.arq_baseline", redis_url, str(jobs),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), ARQ_BASELINE_TIMEOUT_SECONDS)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError("the arq baseline did not finish") from None
+    if process.returncode != 0:
+        raise RuntimeError(f"the arq baseline failed: {err.decode(errors='replace')[-500:]}")
+    figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return figures
+
+
 def _phase_entry(phase: Phase, server: str = "api") -> dict[str, Any]:
     summary = phase.recorder.summary(phase.headline)
     requests_in_window = phase.recorder.summary().requests
@@ -268,15 +293,27 @@ def _median_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+def _median_figures(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure across repeats, and the repeats themselves."""
+    from loadtest.report import median_of
+
+    merged: dict[str, Any] = {key: median_of([e.get(key) for e in entries]) for key in entries[0]}
+    if len(entries) > 1:
+        merged["repeats"] = entries
+    return merged
+
+
 def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs: dict[str, list[dict[str, Any]]], *,
               invariants: dict[str, Any], redis_url: str | None) -> dict[str, Any]:
     from loadtest.system import machine
 
-    merged = {name: _median_entry(entries) for name, entries in runs.items()}
+    merged = {name: _median_entry(entries) for name, entries in runs.items() if name != "baseline arq"}
     baseline = merged.pop("baseline POST", None) or {}
     bare_get = merged.pop("baseline GET", None)
     if bare_get is not None:
         baseline["get"] = bare_get
+    if "baseline arq" in runs:
+        baseline["arq_noop"] = _median_figures(runs.pop("baseline arq"))
 
     ratios, per_repeat = _ratios(runs)
     return {
@@ -320,8 +357,11 @@ def _ratios(runs: dict[str, list[dict[str, Any]]]) -> tuple[dict[str, float | No
 
         one = {name: ratio(figure(a, key), figure(b, key)) for name, (a, b, key) in RATIOS.items()}
         contended = runs["contended"][index]["endpoints"] if index < len(runs.get("contended", [])) else {}
+        pay = runs["pay"][index]["extra"] if index < len(runs.get("pay", [])) else {}
+        arq = runs["baseline arq"][index] if index < len(runs.get("baseline arq", [])) else {}
+        one["pay_vs_arq_noop"] = ratio(pay.get("payments_per_s"), arq.get("jobs_per_s"))
         one["contended_refused_p99_over_accepted"] = ratio(
             contended.get("hold.refused", {}).get("p99_ms"), contended.get("hold.accepted", {}).get("p99_ms"))
         per_repeat.append(one)
-    names = [*RATIOS, "contended_refused_p99_over_accepted"]
+    names = [*RATIOS, "pay_vs_arq_noop", "contended_refused_p99_over_accepted"]
     return {name: median_of([r[name] for r in per_repeat]) for name in names}, per_repeat

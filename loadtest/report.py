@@ -132,6 +132,10 @@ def table(report: dict[str, Any]) -> str:
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     extras = [f"{k} = {v}" for k, v in report.get("ratios", {}).items() if v is not None]
+    arq = baseline.get("arq_noop")
+    if arq:
+        extras.append(f"baseline arq: {arq['jobs_per_s']} no-op jobs/s drained by one worker tuned as seats worker "
+                      f"({arq['cpu_us_per_job']} µs CPU per job)")
     for name, phase in report["scenarios"].items():
         if phase.get("extra", {}).get("payments_per_s") is not None:
             extras.append(f"{name}: {phase['extra']['payments_per_s']} payments/s confirmed "

@@ -30,7 +30,7 @@ from service.metrics import RequestMetrics
 from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
-from service.store import connect
+from service.store import connect, connect_pipelined
 
 log = logging.getLogger("seats.app")
 
@@ -54,8 +54,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         client = connect(settings.redis_url, settings)
+        pipelined = connect_pipelined(settings)
         queue = await create_pool(RedisSettings.from_dsn(settings.queue_url))
-        scripts = Scripts(client)
+        scripts = Scripts(pipelined)
         flights = FlightStore(client, scripts, settings)
         enqueue = _payment_enqueuer([queue])
         order_scripts = OrderScripts(client, scripts, settings)
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await events.stop()
             await queue.aclose()
+            await pipelined.aclose()
             await client.aclose()
 
     return Litestar(

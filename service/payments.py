@@ -14,12 +14,10 @@ import random
 import secrets
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
-
 from service import keys, metrics
+from service.multiplexed import MultiplexedRedis
 from service.orders import TRUSTED, OrderScripts
 from service.settings import Settings
-from service.store import store_call
 
 log = logging.getLogger("seats.payments")
 
@@ -41,8 +39,8 @@ class SimulatedGateway:
     returns the recorded answer without a second charge.
     """
 
-    def __init__(self, client: aioredis.Redis, settings: Settings, rng: random.Random | None = None) -> None:
-        self._redis = client
+    def __init__(self, client: MultiplexedRedis, settings: Settings, rng: random.Random | None = None) -> None:
+        self._execute = client.execute
         self._latency = settings.payment_latency_seconds
         self._failure_rate = settings.payment_failure_rate
         self._rng = rng or random.Random()  # noqa: S311 - simulates declines; not security
@@ -55,19 +53,19 @@ class SimulatedGateway:
         """
         record_key = keys.gateway_charge(idempotency_key)
         if self._latency > 0:
-            recorded = await store_call(self._redis.get(record_key))  # a repeat answers at once
+            recorded = await self._execute("GET", record_key)  # a repeat answers at once
             if recorded is not None:
                 return _recorded(recorded)
             await asyncio.sleep(self._latency)
         declined = self._rng.random() < self._failure_rate
         result = GatewayResult("declined", "The payment was declined.") if declined else GatewayResult("success", "")
-        previous = await store_call(self._redis.set(
-            record_key, f"{result.outcome}|{result.message}", nx=True, get=True, ex=GATEWAY_RECORD_SECONDS
-        ))
+        previous = await self._execute(
+            "SET", record_key, f"{result.outcome}|{result.message}", "NX", "GET", "EX", GATEWAY_RECORD_SECONDS
+        )
         if previous is not None:  # answered before (a re-run, or a concurrent duplicate first)
             return _recorded(previous)
         if result.outcome == "success":
-            await store_call(self._redis.incr(keys.GATEWAY_CHARGES))
+            await self._execute("INCR", keys.GATEWAY_CHARGES)
         return result
 
 

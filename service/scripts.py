@@ -1,23 +1,24 @@
 """Loads the Lua scripts of ``lua/`` and calls them by SHA, mapping their refusals to errors.
 
 Each script is ``lua/_lib.lua`` followed by the script's own file (Redis has no ``require``).
-redis-py's ``Script`` objects reload a script on ``NOSCRIPT`` (after a restart, failover or
-``SCRIPT FLUSH``), so callers never see the script cache.
+A script missing from Redis's cache (after a restart, failover or ``SCRIPT FLUSH``) is loaded
+again and run once more, so callers never see the script cache.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import errors
+from service.multiplexed import MultiplexedRedis, RedisReplyError
 
 SCRIPT_NAMES = (
     "create_order",
@@ -61,9 +62,9 @@ def load_sources() -> dict[str, str]:
     }
 
 
-def parse_refusal(exc: ResponseError) -> Refusal | None:
+def parse_refusal(message: str) -> Refusal | None:
     """Turn a script's error reply into a Refusal; ``None`` for a genuine Redis error."""
-    code, _, detail = str(exc).partition(" ")
+    code, _, detail = message.partition(" ")
     detail = detail.split(" script:", 1)[0].strip()
     if code == "STALE":
         return StaleView(code, detail)
@@ -75,19 +76,30 @@ def parse_refusal(exc: ResponseError) -> Refusal | None:
 
 
 class Scripts:
-    """The registered scripts of one Redis client."""
+    """The scripts, called by SHA over ``client``; a script missing from Redis's cache is loaded again.
 
-    def __init__(self, client: aioredis.Redis) -> None:
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(source) for name, source in load_sources().items()
-        }
+    ``client`` is the process's ``MultiplexedRedis`` in the API and the worker (the hot path), or a
+    redis-py client (tools and tests); both send the same ``EVALSHA``.
+    """
+
+    def __init__(self, client: aioredis.Redis | MultiplexedRedis) -> None:
+        self._execute = client.execute if isinstance(client, MultiplexedRedis) else client.execute_command
+        self._sources = load_sources()
+        self._shas = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in self._sources.items()}  # noqa: S324 - Redis names scripts by SHA-1
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """Run one script; raise Refusal for its refusals and StoreUnavailable when Redis is gone."""
         try:
-            return await self._scripts[name](keys=list(keys), args=list(args))
-        except ResponseError as exc:
-            refusal = parse_refusal(exc)
+            try:
+                return await self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+            except (ResponseError, RedisReplyError) as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+            # The cache was flushed (a restart, a failover, SCRIPT FLUSH): load it, run it once more.
+            await self._execute("SCRIPT", "LOAD", self._sources[name])
+            return await self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except (ResponseError, RedisReplyError) as exc:
+            refusal = parse_refusal(str(exc))
             if refusal is None:
                 raise
             raise refusal from None
@@ -96,8 +108,8 @@ class Scripts:
 
     async def load_all(self) -> None:
         """Load every script into Redis's cache now (readiness proves they are there)."""
-        for script in self._scripts.values():
+        for source in self._sources.values():
             try:
-                await script.registered_client.script_load(script.script)
+                await self._execute("SCRIPT", "LOAD", source)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc

@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import errors
+from service.multiplexed import MultiplexedRedis
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -28,6 +29,11 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
         socket_timeout=5.0,
     )
     return aioredis.Redis(connection_pool=pool)
+
+
+def connect_pipelined(settings: Settings) -> MultiplexedRedis:
+    """The shared pipelined connection the scripts run over (``service.multiplexed``)."""
+    return MultiplexedRedis(settings.redis_url, connect_timeout=2.0, reply_timeout=5.0)
 
 
 async def store_call(call: Awaitable[T] | T) -> T:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,7 @@ from service.orders import OrderScripts, OrderStore
 from service.payments import SimulatedGateway, process_payment
 from service.scripts import Scripts
 from service.settings import Settings
-from service.store import connect
+from service.store import connect, connect_pipelined
 
 
 @dataclass
@@ -48,13 +49,14 @@ class Rig:
 @pytest.fixture
 async def make_rig(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., object]]:
     """Factory for rigs; closes their clients."""
-    clients = []
+    clients: list[Any] = []
 
     async def make(**overrides: object) -> Rig:
         settings = make_settings(**overrides)
         client = connect(settings.redis_url, settings)
-        clients.append(client)
-        scripts = Scripts(client)
+        pipelined = connect_pipelined(settings)  # what the worker runs scripts and the gateway over
+        clients.extend([client, pipelined])
+        scripts = Scripts(pipelined)
         flights = FlightStore(client, scripts, settings)
         await flights.ensure_catalogue()
         order_scripts = OrderScripts(client, scripts, settings)
@@ -64,7 +66,7 @@ async def make_rig(make_settings: Callable[..., Settings]) -> AsyncIterator[Call
             enqueued.append(payment_id)
 
         store = OrderStore(order_scripts, flights, settings, enqueue)
-        return Rig(settings, store, order_scripts, SimulatedGateway(client, settings), enqueued)
+        return Rig(settings, store, order_scripts, SimulatedGateway(pipelined, settings), enqueued)
 
     yield make
     for client in clients:

@@ -252,7 +252,7 @@ def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: 
     from service.orders import TRUSTED, OrderScripts
     from service.payments import SimulatedGateway, process_payment
     from service.scripts import Scripts
-    from service.store import connect
+    from service.store import connect, connect_pipelined
 
     client = make_client(hold_seconds=0.3, payment_latency_seconds=0.6)
     settings = client.app.state.services.settings
@@ -261,14 +261,16 @@ def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: 
 
     async def pay_with_a_slow_gateway() -> str:
         conn = connect(redis_url, settings)
+        pipelined = connect_pipelined(settings)
         try:
-            order_scripts = OrderScripts(conn, Scripts(conn), settings)
+            order_scripts = OrderScripts(conn, Scripts(pipelined), settings)
             # a payment window shorter than the gateway's latency: the hold lapses mid-attempt
             begun = await order_scripts.run("begin_payment", "FL-001", order_id, TRUSTED, ["late-pay", 1])
             assert begun.status == "OK"
-            gateway = SimulatedGateway(conn, settings)
+            gateway = SimulatedGateway(pipelined, settings)
             return await process_payment(order_scripts, gateway, settings, "FL-001", order_id, "late-pay")
         finally:
+            await pipelined.aclose()
             await conn.aclose()
 
     assert asyncio.run(pay_with_a_slow_gateway()) == "LATE"

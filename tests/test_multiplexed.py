@@ -1,0 +1,153 @@
+"""The pipelined connection the scripts and the gateway run over, on a real redis-server.
+
+Replies are matched to callers by position, so every test here is about that match surviving
+concurrency, errors, cancellation, a killed connection and a server that stops answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from service import errors
+from service.multiplexed import CLIENT_NAME, MultiplexedRedis, RedisReplyError
+from service.scripts import Refusal, Scripts
+from tests.conftest import RedisServer, free_port
+
+
+@pytest.fixture
+async def mux(redis_url: str) -> AsyncIterator[MultiplexedRedis]:
+    client = MultiplexedRedis(redis_url, reply_timeout=0.5)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def admin(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def test_concurrent_callers_each_get_their_own_reply(mux: MultiplexedRedis) -> None:
+    """2,000 commands in flight at once, mixed types: every caller gets the reply to its command."""
+    async def one(i: int) -> None:
+        if i % 3 == 0:
+            assert await mux.execute("ECHO", f"echo-{i}") == f"echo-{i}"
+        elif i % 3 == 1:
+            assert await mux.execute("INCRBY", f"n:{i}", i) == i
+        else:
+            assert await mux.execute("SET", f"s:{i}", i, "GET") is None
+
+    await asyncio.gather(*(one(i) for i in range(2000)))
+    assert await mux.execute("GET", "s:2") == "2"
+
+
+async def test_error_reply_is_raised_and_does_not_shift_later_replies(mux: MultiplexedRedis) -> None:
+    await mux.execute("SET", "text", "not a number")
+    results = await asyncio.gather(
+        mux.execute("ECHO", "before"), mux.execute("INCR", "text"), mux.execute("ECHO", "after"),
+        return_exceptions=True,
+    )
+    assert results[0] == "before"
+    assert isinstance(results[1], RedisReplyError)
+    assert "not an integer" in str(results[1])
+    assert results[2] == "after"
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies_of_others(mux: MultiplexedRedis) -> None:
+    await mux.execute("PING")  # connected
+    doomed = asyncio.create_task(mux.execute("ECHO", "doomed"))
+    survivor = asyncio.create_task(mux.execute("ECHO", "survivor"))
+    await asyncio.sleep(0)  # both written
+    doomed.cancel()
+    assert await survivor == "survivor"
+    assert await mux.execute("ECHO", "next") == "next"
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+
+
+async def test_killed_connection_fails_in_flight_commands_and_reconnects(
+    mux: MultiplexedRedis, admin: aioredis.Redis
+) -> None:
+    """A lost connection is a 503 for what was in flight (never a wrong reply), then it reconnects."""
+    await mux.execute("PING")
+    in_flight = asyncio.create_task(mux.execute("BLPOP", "never-filled", 5))  # still waiting when killed
+    await asyncio.sleep(0.1)
+    clients = await admin.client_list()
+    ours = [c["id"] for c in clients if c["name"] == CLIENT_NAME]
+    assert len(ours) == 1
+    assert await admin.execute_command("CLIENT", "KILL", "ID", ours[0]) == 1
+    with pytest.raises(errors.StoreUnavailable):
+        await in_flight
+    assert await mux.execute("ECHO", "again") == "again"
+
+
+async def test_a_silent_server_trips_the_reply_timeout(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    """Redis paused for 2 s: the 0.5 s reply timeout closes the connection instead of waiting."""
+    await mux.execute("PING")
+    await admin.execute_command("CLIENT", "PAUSE", 2000, "ALL")
+    started = time.monotonic()
+    with pytest.raises(errors.StoreUnavailable):
+        await mux.execute("ECHO", "stuck")
+    waited = time.monotonic() - started
+    assert 0.4 < waited < 1.9, waited
+    await admin.execute_command("CLIENT", "UNPAUSE")
+    assert await mux.execute("ECHO", "back") == "back"
+
+
+async def test_unreachable_server_is_store_unavailable() -> None:
+    client = MultiplexedRedis(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=0.5)
+    try:
+        with pytest.raises(errors.StoreUnavailable):
+            await client.execute("PING")
+    finally:
+        await client.aclose()
+
+
+async def test_restarted_server_is_reached_again_and_scripts_reload(redis_server: RedisServer) -> None:
+    """After a restart the cache of scripts is empty: the next call loads the script and runs it."""
+    client = MultiplexedRedis(redis_server.url)
+    scripts = Scripts(client)
+    try:
+        assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
+        redis_server.restart()
+        with pytest.raises(errors.StoreUnavailable):  # the old connection is gone with the old server
+            await client.execute("PING")
+        assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
+        with pytest.raises(Refusal):  # refusals still arrive as refusals
+            await scripts.run("hold_seats", ["seats:{X}:flight", "c", "d", "seats:{X}:order:o"],
+                              ["ch", 10, "X", "o", "*", "", 1000, 1, 1, "0", 1, "1A"])
+    finally:
+        await client.aclose()
+
+
+async def test_credentials_and_database_from_the_url(redis_url: str, admin: aioredis.Redis) -> None:
+    """``redis://user:password@host:port/db``: AUTH and SELECT happen before the first command."""
+    user, password = f"u{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    await admin.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "+@all")
+    host_port = redis_url.removeprefix("redis://").rsplit("/", 1)[0]
+    client = MultiplexedRedis(f"redis://{user}:{password}@{host_port}/3")
+    try:
+        await client.execute("SET", "where", "db3")
+        assert await admin.execute_command("SELECT", 0) and await admin.get("where") is None
+        names = await admin.execute_command("CLIENT", "LIST")
+        assert CLIENT_NAME in str(names)
+    finally:
+        await client.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+    on_db3 = aioredis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/3", decode_responses=True)
+    assert await on_db3.get("where") == "db3"
+    await on_db3.aclose()
+
+    wrong = MultiplexedRedis(f"redis://{user}:wrong@{host_port}/0")
+    try:
+        with pytest.raises(errors.StoreUnavailable):
+            await wrong.execute("PING")
+    finally:
+        await wrong.aclose()
