@@ -297,7 +297,7 @@ def _median_figures(entries: list[dict[str, Any]]) -> dict[str, Any]:
     """The median of each figure across repeats, and the repeats themselves."""
     from loadtest.report import median_of
 
-    merged: dict[str, Any] = {key: median_of([e.get(key) for e in entries]) for key in entries[0]}
+    merged: dict[str, Any] = {key: round(median_of([e[key] for e in entries]) or 0, 1) for key in entries[0]}
     if len(entries) > 1:
         merged["repeats"] = entries
     return merged
@@ -313,7 +313,7 @@ def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs:
     if bare_get is not None:
         baseline["get"] = bare_get
     if "baseline arq" in runs:
-        baseline["arq_noop"] = _median_figures(runs.pop("baseline arq"))
+        baseline["arq_noop"] = _median_figures(runs["baseline arq"])
 
     ratios, per_repeat = _ratios(runs)
     return {

@@ -10,6 +10,7 @@ and encoded once per process; streams only pick bytes from a bounded outbox.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -20,7 +21,6 @@ from typing import Final
 import msgspec
 import redis.asyncio as aioredis
 from litestar import Litestar
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from service import errors, keys, metrics
@@ -36,14 +36,17 @@ from service.feeds import (
 )
 from service.flights import FlightStore, LiveState
 from service.models import Order
+from service.multiplexed import RedisReplyError
 from service.orders import OrderStore, decode_order, is_terminal
 from service.settings import Settings
+from service.subscription import PatternSubscription, open_pattern_subscription
 
 log = logging.getLogger("seats.events")
 
 RESYNC: Final = -1  # an order outbox item: re-read the order whatever its version
 OrderUpdate = int | Order  # a version to read, or the order as announced
 PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
+LIVENESS_CHECK_SECONDS: Final = 1.0
 FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
 BURST_FRAMES: Final = 64  # frames a stream joins into one write when it fell behind
 # The seat-map fast path (answers from a live feed, no Redis round trip):
@@ -315,32 +318,28 @@ class EventBroker:
     # -- the subscription ---------------------------------------------------------------------
 
     async def _subscribe_forever(self) -> None:
-        client = aioredis.Redis.from_url(
-            self._settings.redis_url, socket_connect_timeout=2.0, socket_keepalive=True, max_connections=2
-        )
         failures = 0
-        try:
-            while True:
-                pubsub = client.pubsub()
-                try:
-                    await pubsub.psubscribe(keys.EVENTS_PATTERN)
-                    await _confirmed(pubsub)
-                    self._subscription.last_heard = time.monotonic()
-                    self._subscribed()
-                    failures = 0
-                    await self._pump(pubsub)
-                except (RedisError, OSError, TimeoutError) as exc:
-                    if self._subscription.ready.is_set():
-                        log.warning("event subscription lost; resubscribing", extra={"error": str(exc)})
-                except Exception:  # whatever happened, live updates must resubscribe
-                    log.exception("event subscription failed; resubscribing")
-                finally:
-                    self._subscription.ready.clear()
-                    await pubsub.aclose()
-                failures += 1
-                await asyncio.sleep(min(self.reconnect_delay * 2 ** (failures - 1), 2.0))
-        finally:
-            await client.aclose()
+        while True:
+            subscription: PatternSubscription | None = None
+            try:
+                subscription = await open_pattern_subscription(
+                    self._settings.redis_url, keys.EVENTS_PATTERN, self._dispatch
+                )
+                self._subscription.last_heard = time.monotonic()
+                self._subscribed()
+                failures = 0
+                await self._keep_alive(subscription)
+            except (RedisReplyError, OSError, TimeoutError) as exc:
+                if self._subscription.ready.is_set():
+                    log.warning("event subscription lost; resubscribing", extra={"error": str(exc)})
+            except Exception:  # whatever happened, live updates must resubscribe
+                log.exception("event subscription failed; resubscribing")
+            finally:
+                self._subscription.ready.clear()
+                if subscription is not None:
+                    subscription.close()
+            failures += 1
+            await asyncio.sleep(min(self.reconnect_delay * 2 ** (failures - 1), 2.0))
 
     def _subscribed(self) -> None:
         """The subscription is (again) active: everything may have been missed, so resync."""
@@ -355,32 +354,26 @@ class EventBroker:
             for outbox in outboxes:
                 outbox.push(RESYNC)
 
-    async def _pump(self, pubsub: aioredis.client.PubSub) -> None:
-        loop = asyncio.get_running_loop()
-        last_heard = loop.time()
+    async def _keep_alive(self, subscription: PatternSubscription) -> None:
+        """Ping a silent subscription; end (raise) when it is lost or stays silent past three pings."""
         pinged = 0.0
-        handled = 0
         while True:
-            message = await pubsub.get_message(timeout=1.0)
-            now = loop.time()
-            if message is None:
-                if now - last_heard > 3 * PING_SECONDS:
-                    raise RedisConnectionError("the event subscription went silent")
-                if now - last_heard > PING_SECONDS and now - pinged > PING_SECONDS:
-                    await pubsub.ping()
-                    pinged = now
-                continue
-            last_heard = now
-            self._subscription.last_heard = time.monotonic()
-            if message["type"] == "pmessage":
-                self._dispatch(message["channel"], message["data"])
-            handled += 1
-            if handled % BURST_FRAMES == 0:
-                await asyncio.sleep(0)  # a burst must not starve the streams that write it out
+            with contextlib.suppress(TimeoutError):
+                ended = await asyncio.wait_for(asyncio.shield(subscription.lost), LIVENESS_CHECK_SECONDS)
+                raise ConnectionError(f"the event subscription's connection closed ({ended or 'by the server'})")
+            now = time.monotonic()
+            self._subscription.last_heard = subscription.last_heard
+            silent = now - subscription.last_heard
+            if silent > 3 * PING_SECONDS:
+                raise ConnectionError("the event subscription went silent")
+            if silent > PING_SECONDS and now - pinged > PING_SECONDS:
+                subscription.ping()
+                pinged = now
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         """Route one announcement: seat changes to the flight's feed, order changes to its watchers."""
         self.stats.messages += 1
+        self._subscription.last_heard = time.monotonic()
         feed = self._feeds.get(keys.flight_of_channel(channel.decode()))
         if feed is None and not self._order_watchers:
             return
@@ -432,15 +425,6 @@ class EventBroker:
 
 def _order_frame(order: Order) -> bytes:
     return sse_frame("order", order.version, _encode(order))
-
-
-async def _confirmed(pubsub: aioredis.client.PubSub) -> None:
-    """Wait for PSUBSCRIBE's confirmation: only from then on is nothing published missed."""
-    async with asyncio.timeout(5.0):
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is not None and message["type"] == "psubscribe":
-                return
 
 
 def broker_of(app: Litestar) -> EventBroker | None:

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from typing import Any, Final, cast
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, cast
 
 import hiredis
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -29,6 +31,7 @@ from redis.asyncio.connection import SSLConnection, parse_url
 from service import errors
 
 Arg = str | int | float | bytes
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 WATCHDOG_SECONDS: Final = 0.5
 CLIENT_NAME: Final = "seats-pipelined"
 
@@ -109,11 +112,7 @@ class MultiplexedRedis:
     """
 
     def __init__(self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float = 5.0) -> None:
-        params = parse_url(url)
-        self._host = str(params.get("host", "127.0.0.1"))
-        self._port = int(params.get("port", 6379))
-        self._handshake = _handshake_commands(dict(params))
-        self._tls = params.get("connection_class") is SSLConnection
+        self._address = RedisAddress.from_url(url, CLIENT_NAME)
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
         self._protocol: _Protocol | None = None
@@ -126,7 +125,7 @@ class MultiplexedRedis:
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
             protocol = await self._connect()
-        reply = await protocol.send(_pack(args))
+        reply = await protocol.send(pack(args))
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply
@@ -159,11 +158,9 @@ class MultiplexedRedis:
         protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(self._connect_timeout):
-                _, protocol = await loop.create_connection(
-                    lambda: _Protocol(loop), self._host, self._port, ssl=True if self._tls else None
-                )
-                for command in self._handshake:
-                    reply = await protocol.send(_pack(command))
+                _, protocol = await self._address.connect(lambda: _Protocol(loop))
+                for command in self._address.handshake:
+                    reply = await protocol.send(pack(command))
                     if isinstance(reply, RedisReplyError):
                         raise reply
         except BaseException:
@@ -184,19 +181,36 @@ class MultiplexedRedis:
                 protocol.close(TimeoutError(f"no reply from Redis within {self._reply_timeout:g} s"))
 
 
-def _pack(command: tuple[Arg, ...]) -> bytes:
+def pack(command: tuple[Arg, ...]) -> bytes:
     """RESP for one command (hiredis's stub types the tuple as one element; it takes any length)."""
     packed: bytes = hiredis.pack_command(cast("Any", command))
     return packed
 
 
-def _handshake_commands(params: dict[str, Any]) -> list[tuple[Arg, ...]]:
-    """AUTH and SELECT for the URL's credentials and database, and a name for CLIENT LIST."""
-    commands: list[tuple[Arg, ...]] = []
-    password, username = params.get("password"), params.get("username")
-    if password:
-        commands.append(("AUTH", username, password) if username else ("AUTH", password))
-    commands.append(("CLIENT", "SETNAME", CLIENT_NAME))
-    if int(params.get("db", 0) or 0):
-        commands.append(("SELECT", int(params["db"])))
-    return commands
+@dataclass(frozen=True, slots=True)
+class RedisAddress:
+    """Where a lean connection goes and what it sends first: AUTH, a name for CLIENT LIST, SELECT."""
+
+    host: str
+    port: int
+    tls: bool
+    handshake: tuple[tuple[Arg, ...], ...]
+
+    @classmethod
+    def from_url(cls, url: str, client_name: str) -> RedisAddress:
+        """Read ``redis://[user:password@]host:port/db`` (or ``rediss://``) as redis-py does."""
+        params: dict[str, Any] = dict(parse_url(url))
+        commands: list[tuple[Arg, ...]] = []
+        password, username = params.get("password"), params.get("username")
+        if password:
+            commands.append(("AUTH", username, password) if username else ("AUTH", password))
+        commands.append(("CLIENT", "SETNAME", client_name))
+        if int(params.get("db", 0) or 0):
+            commands.append(("SELECT", int(params["db"])))
+        return cls(str(params.get("host", "127.0.0.1")), int(params.get("port", 6379)),
+                   params.get("connection_class") is SSLConnection, tuple(commands))
+
+    async def connect(self, factory: Callable[[], P]) -> tuple[asyncio.BaseTransport, P]:
+        """Open a socket served by ``factory``'s protocol (the handshake is the caller's)."""
+        loop = asyncio.get_running_loop()
+        return await loop.create_connection(factory, self.host, self.port, ssl=True if self.tls else None)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.conftest import REPO, Processes
 
@@ -51,13 +52,15 @@ def test_smoke_run_keeps_invariants_and_serves_no_5xx(processes: Processes, redi
 
 
 def test_pay_scenario_confirms_every_payment(processes: Processes, redis_url: str, tmp_path: Path) -> None:
-    """With a gateway that always accepts, every submitted payment ends CONFIRMED."""
+    """With a gateway that always accepts, every submitted payment ends CONFIRMED; with --baseline the
+    arq yardstick drains as many no-op jobs on a queue of its own and leaves no key behind."""
     base = processes.api()
     processes.worker()
     report_path = tmp_path / "report.json"
     result = run_harness(
         "--url", base, "--redis-url", redis_url, "--admin-token", "admin-secret", "--scenario", "pay",
-        "--pay-orders", "200", "--duration", "5", "--users", "8", "--report", str(report_path),
+        "--pay-orders", "200", "--duration", "3", "--warmup", "0.5", "--users", "8", "--baseline",
+        "--report", str(report_path),
     )
     assert result.returncode == 0, result.stdout + result.stderr + processes.output()
     report = json.loads(report_path.read_text())
@@ -66,6 +69,11 @@ def test_pay_scenario_confirms_every_payment(processes: Processes, redis_url: st
     assert extra["payments_per_s"] > 0
     assert report["invariants"]["ok"] is True
     assert report["invariants"]["checked"]["seats_sold"] == 200
+    arq = report["baseline"]["arq_noop"]
+    assert arq["jobs"] == 200 and arq["jobs_per_s"] > 0
+    assert report["ratios"]["pay_vs_arq_noop"] == pytest.approx(extra["payments_per_s"] / arq["jobs_per_s"], rel=0.01)
+    leftovers = redis.Redis.from_url(redis_url).keys("*arq-baseline*")
+    assert leftovers == []
 
 
 def test_refuses_remote_targets() -> None:
