@@ -22,9 +22,9 @@ from service.settings import Settings
 from service.store import store_call
 
 DEFAULT_FLIGHT = ("FL-001", 5, "ABCDEF")
-FLIGHT_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
-SEAT_ID_PATTERN = re.compile(r"^([1-9][0-9]{0,4})([A-Z])$")
+FLIGHT_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}")  # fullmatch: `$` would let "F1\n" through
 MAX_ROWS = 10_000
+MAX_ROW_DIGITS = 5
 MAX_CAPACITY = 100_000
 
 
@@ -47,9 +47,14 @@ class Layout:
         return cls(flight_id, rows, columns, rev, created_at, ids, tuple(keys.seat(flight_id, s) for s in ids))
 
     def has_seat(self, seat_id: str) -> bool:
-        """Whether ``seat_id`` names a seat of this layout (upper-case letters only)."""
-        match = SEAT_ID_PATTERN.match(seat_id)
-        return bool(match) and int(match.group(1)) <= self.rows and match.group(2) in self.columns  # type: ignore[union-attr]
+        """Whether ``seat_id`` names a seat of this layout: ASCII row digits without a leading zero
+        (1..rows), then one of its column letters, nothing else; "1A\n" or "01A" would be other
+        Redis keys for the same seat. String tests, not a regex: this runs for every seat of every hold."""
+        row, column = seat_id[:-1], seat_id[-1:]
+        return (
+            0 < len(row) <= MAX_ROW_DIGITS and column != "" and column in self.columns
+            and row.isascii() and row.isdigit() and row[0] != "0" and int(row) <= self.rows
+        )
 
     def to_flight(self) -> Flight:
         """The catalogue entry."""
@@ -58,7 +63,7 @@ class Layout:
 
 def check_flight_id(flight_id: str) -> None:
     """Flight ids become part of Redis keys: letters, digits, ``_`` and ``-`` only."""
-    if not FLIGHT_ID_PATTERN.match(flight_id):
+    if not FLIGHT_ID_PATTERN.fullmatch(flight_id):
         raise errors.FlightNotFound(f"Flight {flight_id!r} does not exist.", {"flightId": flight_id})
 
 

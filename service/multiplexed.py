@@ -13,6 +13,8 @@ Failure handling (the contract callers rely on):
 - a reply that does not come within ``reply_timeout`` means the connection is unusable (replies
   are matched by position), so it is closed, failing everything in flight.
 - a caller that is cancelled (its HTTP client went away) drops its place; the reply is discarded.
+- past ``max_in_flight`` commands waiting for replies, a new command fails at once with
+  ``StoreUnavailable`` instead of queueing without bound (redis-py's pool cap played this part).
 """
 
 from __future__ import annotations
@@ -111,10 +113,13 @@ class MultiplexedRedis:
     raised as ``RedisReplyError``. Connection trouble is ``StoreUnavailable``.
     """
 
-    def __init__(self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 2.0, reply_timeout: float = 5.0, max_in_flight: int = 10_000
+    ) -> None:
         self._address = RedisAddress.from_url(url, CLIENT_NAME)
         self._connect_timeout = connect_timeout
         self._reply_timeout = reply_timeout
+        self._max_in_flight = max_in_flight
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -125,6 +130,8 @@ class MultiplexedRedis:
         protocol = self._protocol
         if protocol is None or protocol.lost.done():
             protocol = await self._connect()
+        if len(protocol.waiting) >= self._max_in_flight:  # fail fast (503) rather than queue without bound
+            raise errors.StoreUnavailable("The seat store (Redis) is not keeping up; try again.")
         reply = await protocol.send(pack(args))
         if isinstance(reply, RedisReplyError):
             raise reply

@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sweep_interval_seconds: float = 0.2
     max_body_bytes: int = 64 * 1024
     redis_max_connections: int = 256
+    redis_max_in_flight: int = 10_000  # commands waiting on the scripts' pipelined connection (then 503)
     graceful_shutdown_seconds: float = 3.0
     sse_heartbeat_seconds: float = 15.0
     sse_max_stream_seconds: float = 1800.0
@@ -91,6 +92,7 @@ _ENV_NAMES: dict[str, str] = {
     "sweep_interval_seconds": "SEATS_SWEEP_INTERVAL_SECONDS",
     "max_body_bytes": "SEATS_MAX_BODY_BYTES",
     "redis_max_connections": "SEATS_REDIS_MAX_CONNECTIONS",
+    "redis_max_in_flight": "SEATS_REDIS_MAX_IN_FLIGHT",
     "graceful_shutdown_seconds": "SEATS_GRACEFUL_SHUTDOWN_SECONDS",
     "sse_heartbeat_seconds": "SEATS_SSE_HEARTBEAT_SECONDS",
     "sse_max_stream_seconds": "SEATS_SSE_MAX_STREAM_SECONDS",

@@ -33,7 +33,8 @@ def connect(url: str, settings: Settings) -> aioredis.Redis:
 
 def connect_pipelined(settings: Settings) -> MultiplexedRedis:
     """The shared pipelined connection the scripts run over (``service.multiplexed``)."""
-    return MultiplexedRedis(settings.redis_url, connect_timeout=2.0, reply_timeout=5.0)
+    return MultiplexedRedis(settings.redis_url, connect_timeout=2.0, reply_timeout=5.0,
+                            max_in_flight=settings.redis_max_in_flight)
 
 
 async def store_call(call: Awaitable[T] | T) -> T:

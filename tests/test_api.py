@@ -134,6 +134,10 @@ def test_admin_put_flight(client: Any) -> None:
     assert hold(client, order_id, token, ["10C"]).status_code == 200
     in_use = client.put("/flights/BIG-1", json=body, headers=auth("admin-secret"))
     assert in_use.status_code == 409 and in_use.json()["error"] == "flight_in_use"
+    # "BIG-1\n" would be a second set of keys for the same flight name: refused, nothing created
+    newline = client.put("/flights/BIG-1%0A", json=body, headers=auth("admin-secret"))
+    assert newline.status_code == 404 and newline.json()["error"] == "flight_not_found"
+    assert [f["flightId"] for f in client.get("/flights").json()].count("BIG-1") == 1
 
 
 def test_large_flight_map(client: Any) -> None:
@@ -162,6 +166,15 @@ BAD_SEAT_BODIES = [
     (b"{}", 400, "invalid_request"),
     (b'{"seats": []}', 422, "validation_failed"),
     (b'{"seats": ["1a"]}', 422, "validation_failed"),
+    # Look-alikes of 1A would be other Redis keys, i.e. the same seat sold twice: a trailing newline
+    # (which `$` in a regex lets through), spaces, a leading zero, non-ASCII digits and letters.
+    (b'{"seats": ["1A\\n"]}', 422, "validation_failed"),
+    (b'{"seats": ["1A "]}', 422, "validation_failed"),
+    (b'{"seats": [" 1A"]}', 422, "validation_failed"),
+    (b'{"seats": ["01A"]}', 422, "validation_failed"),
+    ('{"seats": ["\u0661A"]}'.encode(), 422, "validation_failed"),
+    ('{"seats": ["1\uff21"]}'.encode(), 422, "validation_failed"),
+    (b'{"seats": ["' + b"9" * 5000 + b'A"]}', 422, "validation_failed"),
     (b'{"seats": ["9Z"]}', 422, "validation_failed"),
     (b'{"seats": ["6A"]}', 422, "validation_failed"),
     (b'{"seats": ["1B", "1B"]}', 422, "validation_failed"),

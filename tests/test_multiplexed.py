@@ -151,3 +151,21 @@ async def test_credentials_and_database_from_the_url(redis_url: str, admin: aior
             await wrong.execute("PING")
     finally:
         await wrong.aclose()
+
+
+async def test_past_max_in_flight_a_command_fails_at_once(redis_url: str, admin: aioredis.Redis) -> None:
+    """Redis stalls: the 4th command in flight is refused with 503 at once instead of queueing."""
+    client = MultiplexedRedis(redis_url, max_in_flight=3)
+    try:
+        await client.execute("PING")
+        await admin.execute_command("CLIENT", "PAUSE", 500, "ALL")
+        stalled = [asyncio.create_task(client.execute("ECHO", str(i))) for i in range(3)]
+        await asyncio.sleep(0)
+        started = time.monotonic()
+        with pytest.raises(errors.StoreUnavailable, match="not keeping up"):
+            await client.execute("ECHO", "one too many")
+        assert time.monotonic() - started < 0.2
+        assert await asyncio.gather(*stalled) == ["0", "1", "2"]
+        assert await client.execute("ECHO", "room again") == "room again"
+    finally:
+        await client.aclose()
