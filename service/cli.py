@@ -11,12 +11,15 @@ from service.logs import configure_logging
 def run_api() -> None:
     """Serve the API with uvicorn; SIGTERM never hangs on open streams (graceful timeout)."""
     from service.app import create_app
+    from service.process import freeze_startup_heap
     from service.server import build_server
     from service.settings import load_settings
 
     configure_logging()
     settings = load_settings()
-    build_server(create_app(settings), settings).run()  # drains SSE streams on SIGTERM
+    app = create_app(settings)
+    freeze_startup_heap()
+    build_server(app, settings).run()  # drains SSE streams on SIGTERM
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
 import hiredis
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 from service import errors
 
@@ -200,12 +200,14 @@ class RedisAddress:
 
     host: str
     port: int
+    unix_path: str | None
     tls: bool
     handshake: tuple[tuple[Arg, ...], ...]
 
     @classmethod
     def from_url(cls, url: str, client_name: str) -> RedisAddress:
-        """Read ``redis://[user:password@]host:port/db`` (or ``rediss://``) as redis-py does."""
+        """Read ``redis://[user:password@]host:port/db``, ``rediss://`` or ``unix:///path?db=N`` as
+        redis-py does (the same URL reaches the same server by both clients)."""
         params: dict[str, Any] = dict(parse_url(url))
         commands: list[tuple[Arg, ...]] = []
         password, username = params.get("password"), params.get("username")
@@ -214,10 +216,14 @@ class RedisAddress:
         commands.append(("CLIENT", "SETNAME", client_name))
         if int(params.get("db", 0) or 0):
             commands.append(("SELECT", int(params["db"])))
+        unix = params.get("connection_class") is UnixDomainSocketConnection
         return cls(str(params.get("host", "127.0.0.1")), int(params.get("port", 6379)),
+                   str(params["path"]) if unix else None,
                    params.get("connection_class") is SSLConnection, tuple(commands))
 
     async def connect(self, factory: Callable[[], P]) -> tuple[asyncio.BaseTransport, P]:
         """Open a socket served by ``factory``'s protocol (the handshake is the caller's)."""
         loop = asyncio.get_running_loop()
+        if self.unix_path is not None:
+            return await loop.create_unix_connection(factory, self.unix_path)
         return await loop.create_connection(factory, self.host, self.port, ssl=True if self.tls else None)

@@ -7,9 +7,12 @@ concurrency, errors, cancellation, a killed connection and a server that stops a
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +20,7 @@ import redis.asyncio as aioredis
 from service import errors
 from service.multiplexed import CLIENT_NAME, MultiplexedRedis, RedisReplyError
 from service.scripts import Refusal, Scripts
+from service.subscription import open_pattern_subscription
 from tests.conftest import RedisServer, free_port
 
 
@@ -169,3 +173,39 @@ async def test_past_max_in_flight_a_command_fails_at_once(redis_url: str, admin:
         assert await client.execute("ECHO", "room again") == "room again"
     finally:
         await client.aclose()
+
+
+async def test_unix_socket_url_reaches_the_same_server(tmp_path: Path) -> None:
+    """``unix:///path?db=N`` (as redis-py reads it): scripts and subscription use the socket, not TCP."""
+    socket_path = tmp_path / "redis.sock"
+    server = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", str(socket_path),
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{socket_path}?db=4"
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        client = MultiplexedRedis(url)
+        try:
+            await client.execute("SET", "via", "unix")
+            check = aioredis.Redis.from_url(url, decode_responses=True)
+            assert await check.get("via") == "unix"
+            await check.aclose()
+        finally:
+            await client.aclose()
+        heard: list[bytes] = []
+        subscription = await open_pattern_subscription(url, "u:*", lambda channel, data: heard.append(data))
+        publisher = aioredis.Redis.from_url(url)
+        await publisher.publish("u:1", "hello")
+        await publisher.aclose()
+        deadline = time.monotonic() + 5
+        while not heard and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        subscription.close()
+        assert heard == [b"hello"]
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

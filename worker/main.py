@@ -20,6 +20,7 @@ from service.expiry import run_sweeper
 from service.logs import configure_logging
 from service.orders import OrderScripts
 from service.payments import SimulatedGateway
+from service.process import freeze_startup_heap
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
 from service.store import connect, connect_pipelined
@@ -83,7 +84,9 @@ def main() -> None:
     settings = load_settings()
     logging.getLogger("seats.worker").info("worker starting", extra={"queue": settings.queue_url})
     uvloop.install()  # arq uses the default loop; the pure-Python one was 45 % of the worker's CPU
-    build_worker(settings).run()
+    worker = build_worker(settings)
+    freeze_startup_heap()
+    worker.run()
 
 
 if __name__ == "__main__":
