@@ -47,4 +47,6 @@ async def run_sweeper(order_scripts: OrderScripts, interval: float) -> None:
                 log.info("expired orders", extra={"count": changed})
         except (RedisError, errors.StoreUnavailable, OSError) as exc:
             log.warning("sweep failed: %s", exc)
+        except Exception:  # a bug or an unexpected reply must not end expiry for the worker's lifetime
+            log.exception("sweep failed unexpectedly; retrying")
         await asyncio.sleep(interval)

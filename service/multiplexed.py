@@ -47,7 +47,8 @@ class _Protocol(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._reader = hiredis.Reader(encoding="utf-8", replyError=RedisReplyError)
+        # "replace": one undecodable value must not take the shared connection down for everyone.
+        self._reader = hiredis.Reader(encoding="utf-8", errors="replace", replyError=RedisReplyError)
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -153,12 +154,18 @@ class MultiplexedRedis:
             raise errors.StoreUnavailable("The seat store client is closed.")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.create_task(self._open())
+            self._connecting.add_done_callback(_retrieve_exception)  # even if every caller went away
+        connecting = self._connecting
         try:
-            return await asyncio.shield(self._connecting)
+            return await asyncio.shield(connecting)
         except errors.StoreUnavailable:
             raise
         except (OSError, TimeoutError, RedisReplyError) as exc:
             raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc
+        except asyncio.CancelledError:
+            if connecting.cancelled():  # closed while connecting; the caller itself was not cancelled
+                raise errors.StoreUnavailable("The seat store client is closed.") from None
+            raise
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -186,6 +193,12 @@ class MultiplexedRedis:
             protocol = self._protocol
             if protocol is not None and protocol.oldest_wait(time.monotonic()) > self._reply_timeout:
                 protocol.close(TimeoutError(f"no reply from Redis within {self._reply_timeout:g} s"))
+
+
+def _retrieve_exception(task: asyncio.Task[Any]) -> None:
+    """Mark a finished connect task's error as seen (its callers get StoreUnavailable)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def pack(command: tuple[Arg, ...]) -> bytes:

@@ -13,8 +13,8 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import BusyLoadingError, NoScriptError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import errors
@@ -62,17 +62,30 @@ def load_sources() -> dict[str, str]:
     }
 
 
+# The codes our scripts refuse with (``fail(...)`` in lua/); any other error reply is Redis's own.
+REFUSAL_CODES = frozenset({
+    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_LIMIT", "LAYOUT", "NOT_FOUND",
+    "NO_SEATS", "ORDER_EXISTS", "PAYING", "STALE",
+})
+# Redis errors that mean "the store cannot take this now" (a 503, like a lost connection).
+UNAVAILABLE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN"})
+
+
 def parse_refusal(message: str) -> Refusal | None:
     """Turn a script's error reply into a Refusal; ``None`` for a genuine Redis error."""
     code, _, detail = message.partition(" ")
+    if code not in REFUSAL_CODES:
+        return None
     detail = detail.split(" script:", 1)[0].strip()
     if code == "STALE":
         return StaleView(code, detail)
     if code == "LAYOUT":
         return StaleLayout(code, detail)
-    if code.isupper() and code.replace("_", "").isalpha():
-        return Refusal(code, detail)
-    return None
+    return Refusal(code, detail)
+
+
+def _is_unavailable(message: str) -> bool:
+    return message.partition(" ")[0] in UNAVAILABLE_CODES
 
 
 class Scripts:
@@ -93,13 +106,18 @@ class Scripts:
             try:
                 return await self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
             except (ResponseError, RedisReplyError) as exc:
-                if not str(exc).startswith("NOSCRIPT"):
+                if not (isinstance(exc, NoScriptError) or str(exc).startswith("NOSCRIPT")):
                     raise
             # The cache was flushed (a restart, a failover, SCRIPT FLUSH): load it, run it once more.
             await self._execute("SCRIPT", "LOAD", self._sources[name])
             return await self._execute("EVALSHA", self._shas[name], len(keys), *keys, *args)
+        except BusyLoadingError as exc:  # redis-py strips the LOADING code from its message
+            raise errors.StoreUnavailable("The seat store (Redis) is loading its data.") from exc
         except (ResponseError, RedisReplyError) as exc:
-            refusal = parse_refusal(str(exc))
+            message = str(exc)
+            if _is_unavailable(message):
+                raise errors.StoreUnavailable(f"The seat store (Redis) cannot take this now: {message}") from exc
+            refusal = parse_refusal(message)
             if refusal is None:
                 raise
             raise refusal from None

@@ -14,6 +14,7 @@ Liveness is the caller's (``service.events``): ``last_heard`` moves on every byt
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, Final, cast
@@ -21,6 +22,8 @@ from typing import Any, Final, cast
 import hiredis
 
 from service.multiplexed import RedisAddress, RedisReplyError, pack
+
+log = logging.getLogger("seats.events")
 
 BURST: Final = 64  # messages handed over per event-loop turn
 CLIENT_NAME: Final = "seats-events"
@@ -65,7 +68,8 @@ class _SubscriberProtocol(asyncio.Protocol):
                     self.replies.put_nowait(reply)
                 elif isinstance(reply, RedisReplyError):
                     raise reply
-        except Exception as exc:  # noqa: BLE001 - a parse error or a failing handler ends this connection
+        except Exception as exc:  # a parse error or a failing handler ends this connection (then resync)
+            log.exception("event subscription failed on a message; reconnecting")
             self.close(exc)
             return
         # More may be parsed already: let the streams write first, then continue.
@@ -144,9 +148,11 @@ async def _expect(protocol: _SubscriberProtocol, wanted: Callable[[Any], bool]) 
     """Wait for the next non-message reply; an error reply or a lost connection raises."""
     assert protocol.replies is not None
     getter = asyncio.ensure_future(protocol.replies.get())
-    done, _ = await asyncio.wait({getter, protocol.lost}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        done, _ = await asyncio.wait({getter, protocol.lost}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()  # no-op when done; a timed-out handshake must not leave it pending
     if getter not in done:
-        getter.cancel()
         raise ConnectionError(f"the connection closed during the handshake: {protocol.lost.result()}")
     reply = getter.result()
     if isinstance(reply, RedisReplyError):

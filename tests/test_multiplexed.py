@@ -209,3 +209,55 @@ async def test_unix_socket_url_reaches_the_same_server(tmp_path: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+async def test_redis_errors_are_not_refusals(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    """Only the scripts' own codes are refusals (4xx); a script bug stays an error (500) and an
+    out-of-memory Redis is StoreUnavailable (503), never "Unexpected refusal OOM"."""
+    scripts = Scripts(mux)
+    with pytest.raises(RedisReplyError) as raised:  # too few arguments: HSET of a nil fails in Lua
+        await scripts.run("put_flight", ["seats:{X}:flight", "seats:{X}:changes", "seats:{X}:deadlines"],
+                          ["seats:{X}:events", 10, "X"])
+    assert not isinstance(raised.value, Refusal)
+    await admin.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(errors.StoreUnavailable, match="OOM"):
+            await scripts.run("put_flight", ["seats:{X}:flight", "seats:{X}:changes", "seats:{X}:deadlines"],
+                              ["seats:{X}:events", 10, "X", 2, "AB", 4, "put"])
+    finally:
+        await admin.config_set("maxmemory", 0)
+
+
+async def test_script_cache_flush_is_survived_by_both_clients(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    """After SCRIPT FLUSH the script is loaded again, over the pipelined connection and over redis-py."""
+    for client in (mux, admin):
+        scripts = Scripts(client)
+        await scripts.load_all()
+        await admin.script_flush()
+        assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
+
+
+async def test_close_while_connecting_is_store_unavailable() -> None:
+    """A server that accepts but never answers: closing the client fails the waiting caller with 503."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # never answers; returns when the client hangs up
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = MultiplexedRedis(f"redis://127.0.0.1:{port}/0", connect_timeout=5)
+    try:
+        waiting = asyncio.create_task(client.execute("PING"))
+        await asyncio.sleep(0.1)
+        await client.aclose()
+        with pytest.raises(errors.StoreUnavailable):
+            await waiting
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_undecodable_value_does_not_break_the_connection(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    await admin.set("binary", b"\xff\xfeok")
+    results = await asyncio.gather(mux.execute("ECHO", "before"), mux.execute("GET", "binary"),
+                                   mux.execute("ECHO", "after"))
+    assert results == ["before", "\ufffd\ufffdok", "after"]
