@@ -43,6 +43,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_client_queue: int = 1024
     worker_max_jobs: int = 100
     worker_poll_delay_seconds: float = 0.01
+    worker_metrics_port: int | None = None  # the worker's own /metrics (containers share no directory)
 
     @property
     def queue_url(self) -> str:
@@ -100,6 +101,7 @@ _ENV_NAMES: dict[str, str] = {
     "sse_client_queue": "SEATS_SSE_CLIENT_QUEUE",
     "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
     "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
+    "worker_metrics_port": "SEATS_WORKER_METRICS_PORT",
 }
 
 
@@ -134,3 +136,5 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_HOLD_SECONDS must be positive and at most SEATS_MAX_HOLD_SECONDS")
     if settings.max_seats_per_order < 1:
         raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")
+    if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
+        raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")

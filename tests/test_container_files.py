@@ -113,6 +113,11 @@ def test_compose_runs_redis_with_aof_and_app_services_wait_for_it() -> None:
         assert url.scheme == "redis" and url.hostname == "redis", (name, url.geturl())
         assert service.get("restart") == "unless-stopped", (name, service.get("restart"))
 
+    # containers share no PROMETHEUS_MULTIPROC_DIR: the worker serves its own /metrics, on a port it exposes
+    worker = services["worker"]
+    port = _environment(worker).get("SEATS_WORKER_METRICS_PORT")
+    assert port and port in [str(p) for p in worker.get("expose", [])], worker
+
 
 def test_dockerfile_installs_package_runs_unprivileged_and_has_healthcheck() -> None:
     """The Dockerfile pip-installs `.` without cache, and its final stage has a non-root USER and a HEALTHCHECK."""

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from service import keys
-from tests.conftest import Processes, RedisServer
+from tests.conftest import Processes, RedisServer, free_port
 
 pytestmark = pytest.mark.e2e
 T = TypeVar("T")
@@ -69,9 +69,11 @@ def kill_group(process: Any) -> None:
 
 
 def test_e2e_full_flow(processes: Processes) -> None:
-    """Create, hold, swap, pay and confirm through real processes; the seat map follows each step."""
+    """Create, hold, swap, pay and confirm through real processes; the seat map follows each step,
+    and the worker's own /metrics (SEATS_WORKER_METRICS_PORT) counts the confirmation."""
     api = Api(processes.api())
-    processes.worker()
+    metrics_port = free_port()
+    processes.worker(env={"SEATS_WORKER_METRICS_PORT": str(metrics_port)})
     order_id, token = api.create()
     assert api.hold(order_id, token, ["1A", "1B"]).status_code == 200
     assert api.hold(order_id, token, ["1B", "1C"]).status_code == 200
@@ -81,6 +83,9 @@ def test_e2e_full_flow(processes: Processes) -> None:
     assert final["paymentStatus"] == "success" and final["confirmationId"]
     statuses = api.statuses()
     assert statuses["1B"] == statuses["1C"] == "confirmed"
+    worker_metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert "seats_confirmations_total 1.0" in worker_metrics, worker_metrics[-2000:]
+    assert 'seats_payment_attempts_total{outcome="success"} 1.0' in worker_metrics
 
 
 def test_e2e_worker_killed_mid_payment(processes: Processes, redis_url: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import uvloop
 from arq.connections import RedisSettings
 from arq.worker import Worker, func
+from prometheus_client import start_http_server
 
 from service.expiry import run_sweeper
 from service.logs import configure_logging
@@ -83,6 +84,10 @@ def main() -> None:
     configure_logging()
     settings = load_settings()
     logging.getLogger("seats.worker").info("worker starting", extra={"queue": settings.queue_url})
+    if settings.worker_metrics_port is not None:
+        # Payments and expirations for Prometheus where the API cannot read this process's values
+        # (containers do not share PROMETHEUS_MULTIPROC_DIR). A thread of prometheus_client's.
+        start_http_server(settings.worker_metrics_port, addr=settings.host)
     uvloop.install()  # arq uses the default loop; the pure-Python one was 45 % of the worker's CPU
     worker = build_worker(settings)
     freeze_startup_heap()
