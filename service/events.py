@@ -362,7 +362,7 @@ class EventBroker:
                 ended = await asyncio.wait_for(asyncio.shield(subscription.lost), LIVENESS_CHECK_SECONDS)
                 raise ConnectionError(f"the event subscription's connection closed ({ended or 'by the server'})")
             now = time.monotonic()
-            self._subscription.last_heard = subscription.last_heard
+            self._subscription.last_heard = subscription.last_heard  # the fast path allows HEARD_WITHIN (8 s)
             silent = now - subscription.last_heard
             if silent > 3 * PING_SECONDS:
                 raise ConnectionError("the event subscription went silent")
@@ -373,7 +373,6 @@ class EventBroker:
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         """Route one announcement: seat changes to the flight's feed, order changes to its watchers."""
         self.stats.messages += 1
-        self._subscription.last_heard = time.monotonic()
         feed = self._feeds.get(keys.flight_of_channel(channel.decode()))
         if feed is None and not self._order_watchers:
             return

@@ -52,13 +52,13 @@ class _Protocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[bytes] = []
         self.waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
-        self.lost: asyncio.Future[None] = loop.create_future()
+        self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast("asyncio.Transport", transport)  # uvloop's is not a subclass
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        if self._transport is None or self.lost.done():
+        if self._transport is None or self.closed:
             raise errors.StoreUnavailable("The seat store (Redis) connection is closed.")
         if not self._outgoing:
             self._loop.call_soon(self._flush)
@@ -93,8 +93,7 @@ class _Protocol(asyncio.Protocol):
         self._fail_all(exc)
 
     def _fail_all(self, exc: BaseException | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(None)
+        self.closed = True
         while self.waiting:
             future = self.waiting.popleft()[0]
             if not future.done():
@@ -129,7 +128,7 @@ class MultiplexedRedis:
     async def execute(self, *args: Arg) -> Any:
         """Send one command and return its reply."""
         protocol = self._protocol
-        if protocol is None or protocol.lost.done():
+        if protocol is None or protocol.closed:
             protocol = await self._connect()
         if len(protocol.waiting) >= self._max_in_flight:  # fail fast (503) rather than queue without bound
             raise errors.StoreUnavailable("The seat store (Redis) is not keeping up; try again.")

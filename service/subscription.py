@@ -21,7 +21,7 @@ from typing import Any, Final, cast
 
 import hiredis
 
-from service.multiplexed import RedisAddress, RedisReplyError, pack
+from service.multiplexed import Arg, RedisAddress, RedisReplyError, pack
 
 log = logging.getLogger("seats.events")
 
@@ -80,7 +80,7 @@ class _SubscriberProtocol(asyncio.Protocol):
             self._scheduled = True
             self._loop.call_soon(self._deliver)
 
-    def send(self, *command: str | int) -> None:
+    def send(self, *command: Arg) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(pack(command))
 
@@ -132,7 +132,7 @@ async def open_pattern_subscription(
         async with asyncio.timeout(timeout):
             _, protocol = await address.connect(lambda: _SubscriberProtocol(on_message, loop))
             for command in address.handshake:
-                protocol.send(*(str(part) for part in command))
+                protocol.send(*command)
                 await _expect(protocol, lambda reply: not isinstance(reply, list))
             protocol.send("PSUBSCRIBE", pattern)
             await _expect(protocol, lambda reply: isinstance(reply, list) and reply[0] == b"psubscribe")

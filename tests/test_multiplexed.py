@@ -7,6 +7,7 @@ concurrency, errors, cancellation, a killed connection and a server that stops a
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import subprocess
 import time
@@ -261,3 +262,12 @@ async def test_an_undecodable_value_does_not_break_the_connection(mux: Multiplex
     results = await asyncio.gather(mux.execute("ECHO", "before"), mux.execute("GET", "binary"),
                                    mux.execute("ECHO", "after"))
     assert results == ["before", "\ufffd\ufffdok", "after"]
+
+
+def test_every_code_the_scripts_refuse_with_is_known_as_a_refusal() -> None:
+    """REFUSAL_CODES must list each ``fail('CODE'`` in lua/: an unlisted one would reach clients as a 500."""
+    from service.scripts import REFUSAL_CODES
+
+    lua_dir = Path(__file__).resolve().parent.parent / "lua"
+    used = {code for path in lua_dir.glob("*.lua") for code in re.findall(r"fail\('([A-Z_]+)'", path.read_text())}
+    assert used and used == REFUSAL_CODES, (sorted(used - REFUSAL_CODES), sorted(REFUSAL_CODES - used))
