@@ -1,4 +1,8 @@
-"""The ``seats`` command: ``api``, ``worker``, ``dev``, ``loadtest``."""
+"""The ``seats`` command: ``api``, ``worker``, ``dev``, ``loadtest``.
+
+``seats api`` and ``seats worker`` import nothing of the load harness: it is not part of the
+container image (``.dockerignore``), and the harness's own options are parsed by the harness.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,11 @@ import argparse
 import sys
 
 from service.logs import configure_logging
+
+HARNESS_MISSING = (
+    "seats loadtest: the load harness is not part of this installation (container images leave it out); "
+    "run it from a source checkout: pip install '.[loadtest]'"
+)
 
 
 def run_api() -> None:
@@ -22,6 +31,16 @@ def run_api() -> None:
     build_server(app, settings).run()  # drains SSE streams on SIGTERM
 
 
+def run_loadtest(argv: list[str]) -> int:
+    """``seats loadtest ...``: the harness parses its own options (``seats loadtest --help``)."""
+    try:
+        from loadtest.cli import main as loadtest_main
+    except ImportError as exc:  # the package, or its client (aiohttp, the ``loadtest`` extra), is missing
+        print(f"{HARNESS_MISSING} ({exc})", file=sys.stderr)
+        return 2
+    return loadtest_main(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``seats`` console script."""
     parser = argparse.ArgumentParser(prog="seats", description="Seat-reservation service")
@@ -29,20 +48,19 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("api", help="serve the HTTP API (production, containers)")
     commands.add_parser("worker", help="run the arq worker under a supervisor (production, containers)")
     commands.add_parser("dev", help="run Redis (private if SEATS_REDIS_URL is unset), API and worker")
-    from loadtest.cli import add_arguments as add_loadtest_arguments  # argparse only: cheap to import
-
-    add_loadtest_arguments(commands.add_parser("loadtest", help="drive the service like a crowd, then verify it"))
-    args = parser.parse_args(argv)
+    commands.add_parser("loadtest", add_help=False,
+                        help="drive the service like a crowd, then verify it (seats loadtest --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "loadtest":
+        sys.exit(run_loadtest(rest))
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "api":
         run_api()
     elif args.command == "worker":
         from worker.supervisor import main as worker_main
 
         worker_main()
-    elif args.command == "loadtest":
-        from loadtest.cli import run_from_args
-
-        sys.exit(run_from_args(args))
     elif args.command == "dev":
         from service.devrunner import DevError, run_dev
 

