@@ -3,14 +3,28 @@
 -- Conventions shared by the order scripts (create_order, hold_seats, cancel_order,
 -- begin_payment, mark_trying, record_attempt, expire_order):
 --   KEYS[1] flight hash   KEYS[2] change log stream   KEYS[3] deadline zset   KEYS[4] order hash
---   KEYS[5..] seat keys (the order's current seats first, then any new ones)
+--   KEYS[5] the subject's hash (token bucket + its orders; keys.subject)   KEYS[6] the
+--   Idempotency-Key record (keys.idempotency); both are placeholders the script never touches
+--   when the controls / the idempotency spec below are ''
+--   KEYS[FIRST_SEAT..] seat keys (the order's current seats first, then any new ones)
 --   ARGV[1] flight pub/sub channel   ARGV[2] change-log length   ARGV[3] flight id
 --   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
 --   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
 --   ARGV[7] how long a terminal order stays readable (ms)
--- Every refusal is raised before the first write: Redis does not roll back a failed script.
+--   ARGV[8..] the script's own arguments, then its LAST TWO (so the scripts' own numbering stays put):
+--   ARGV[#ARGV - 1] controls 'rate|window ms|max held seats|max open orders|subject TTL ms'
+--     (rate 0: no limiter; a max of 0: no cap), or '' (the worker: no controls)
+--   ARGV[#ARGV] idempotency 'fingerprint|TTL ms|HTTP status|salt', or '' (no Idempotency-Key)
+-- Every refusal is raised before the first write (Redis does not roll back a failed script), with one
+-- deliberate exception: the rate limiter's bucket is spent before the checks that follow it, so a
+-- request refused later (a taken seat, a closed order) still counts (retry storms are what it limits).
+-- Other orders of the subject (keys read from KEYS[5]) are touched without being declared: their names
+-- carry the flight's hash tag, and Redis Cluster lets a script touch undeclared keys of its own slot.
 
+local FIRST_SEAT = 7
 local TERMINAL = {CONFIRMED = true, FAILED = true, EXPIRED = true, CANCELLED = true}
+-- Order fields that never leave the server (not in order events; service.orders drops them too).
+local PRIVATE_FIELDS = {tokenHash = true, paymentId = true, subject = true, subjectKey = true}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -84,7 +98,7 @@ local function save_order(fields, ttl_ms, now)
   local flat = redis.call('HGETALL', KEYS[4])
   local public = {}
   for i = 1, #flat, 2 do
-    if flat[i] ~= 'tokenHash' and flat[i] ~= 'paymentId' then
+    if not PRIVATE_FIELDS[flat[i]] then
       public[#public + 1] = flat[i]
       public[#public + 1] = flat[i + 1]
     end
@@ -97,8 +111,11 @@ end
 -- version their announcement made, so the API process that made the change never answers a
 -- seat-map poll from an older version (service/flights.py note_version). `flat` (the order hash
 -- as save_order left it) spares a second HGETALL.
+-- A fourth element carries the rate limiter's state after this request ('remaining|reset ms|count|
+-- window ms') for the RateLimit headers, false when no limiter ran (a nil would end the reply there).
+local RATE = false
 local function order_reply(status, flight_version, flat)
-  return {status, flat or redis.call('HGETALL', KEYS[4]), flight_version}
+  return {status, flat or redis.call('HGETALL', KEYS[4]), flight_version or false, RATE}
 end
 
 -- Releases one seat of this order. A key already gone lapsed by its TTL at the deadline: that
@@ -125,14 +142,17 @@ local function check_expected_seats(order)
   return nil
 end
 
+-- Whether the order's time ran out: a hold past its deadline, or a PENDING order that never held a
+-- seat past its pendingUntil (SEATS_PENDING_ORDER_SECONDS after creation).
 local function hold_expired(order, now)
   local deadline = tonumber(order.holdExpiresAt)
+  if order.state == 'PENDING' then deadline = tonumber(order.pendingUntil) end
   return deadline ~= nil and deadline <= now
 end
 
 -- Ends an order whose hold deadline passed: its seats go back on sale, the order is EXPIRED.
 local function expire_now(message)
-  local changes = release_seats(5, {})
+  local changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], ARGV[4])
   save_order({'state', 'EXPIRED', 'lastError', message}, tonumber(ARGV[7]))
   announce_seats(changes)
@@ -140,3 +160,124 @@ local function expire_now(message)
 end
 
 local EXPIRED_MESSAGE = 'The hold expired before a successful payment; the seats were released.'
+local IDLE_MESSAGE = 'The order held no seats before its time ran out; it expired.'
+
+local function expired_message(order)
+  if order.state == 'PENDING' then return IDLE_MESSAGE end
+  return EXPIRED_MESSAGE
+end
+
+-- ---- hostile crowds: the subject's limits and the Idempotency-Key record (spec section 10) ----------
+
+local function split_bar(s)
+  local out, from = {}, 1
+  while true do
+    local at = string.find(s, '|', from, true)
+    if not at then
+      out[#out + 1] = string.sub(s, from)
+      return out
+    end
+    out[#out + 1] = string.sub(s, from, at - 1)
+    from = at + 1
+  end
+end
+
+-- The controls of this call (ARGV[#ARGV - 1]), or nil for the worker's calls.
+local function controls()
+  local spec = ARGV[#ARGV - 1]
+  if spec == nil or spec == '' then return nil end
+  local f = split_bar(spec)
+  return {rate = tonumber(f[1]), window = tonumber(f[2]), held = tonumber(f[3]), orders = tonumber(f[4]),
+          ttl = tonumber(f[5])}
+end
+
+-- An order created before subjects existed has none: it carries no limits.
+local function check_subject(order)
+  if order.subjectKey and order.subjectKey ~= '' and order.subjectKey ~= KEYS[5] then
+    return fail('SUBJECT', order.subjectKey)
+  end
+  return nil
+end
+
+-- The token bucket of KEYS[5] (spec: SEATS_RATE_LIMIT_WRITES, burst = count): refills continuously at
+-- rate/window; takes one token or refuses with RATE_LIMITED '<retry ms> <rate> <window ms>'. Sets RATE.
+local function take_token(c, now)
+  if c == nil or c.rate == 0 then return nil end
+  local state = redis.call('HMGET', KEYS[5], 'tokens', 'ts')
+  local tokens, since = tonumber(state[1]), tonumber(state[2])
+  if tokens == nil or since == nil then
+    tokens = c.rate
+  else
+    tokens = math.min(c.rate, tokens + math.max(0, now - since) * c.rate / c.window)
+  end
+  if tokens < 1 then
+    return fail('RATE_LIMITED', math.ceil((1 - tokens) * c.window / c.rate) .. ' ' .. c.rate .. ' ' .. c.window)
+  end
+  tokens = tokens - 1
+  redis.call('HSET', KEYS[5], 'tokens', tokens, 'ts', now)
+  redis.call('PEXPIRE', KEYS[5], c.ttl)
+  RATE = math.floor(tokens) .. '|' .. math.ceil((c.rate - tokens) * c.window / c.rate) .. '|' .. c.rate .. '|'
+         .. c.window
+  return nil
+end
+
+-- What the subject of KEYS[5] has on this flight besides the order of KEYS[4]: open (non-terminal,
+-- unlapsed) orders, seats they hold (a FAILED order's seats count until they are released), and the
+-- members that ended (to forget once the script's checks have passed).
+local function subject_usage(now)
+  local flat = redis.call('HGETALL', KEYS[5])
+  local open, held, ended = 0, 0, {}
+  for i = 1, #flat, 2 do
+    local key = flat[i]
+    if key ~= 'tokens' and key ~= 'ts' and key ~= KEYS[4] then
+      local f = redis.call('HMGET', key, 'state', 'seats', 'holdExpiresAt', 'pendingUntil')
+      local other = {state = f[1], seats = f[2], holdExpiresAt = f[3], pendingUntil = f[4]}
+      local deadline = tonumber(redis.call('ZSCORE', KEYS[3], flat[i + 1]))
+      local holding = other.state ~= nil and other.state ~= 'PENDING' and other.state ~= 'CONFIRMED'
+                      and deadline ~= nil and deadline > now
+      if holding then held = held + #split_csv(other.seats) end
+      if other.state ~= nil and not TERMINAL[other.state] and not hold_expired(other, now) then
+        open = open + 1
+      elseif not holding then
+        ended[#ended + 1] = key
+      end
+    end
+  end
+  return open, held, ended
+end
+
+local function forget(ended)
+  if #ended > 0 then redis.call('HDEL', KEYS[5], unpack(ended)) end
+end
+
+local function subject_limit(what, limit, current)
+  return fail('SUBJECT_LIMIT', what .. ' ' .. limit .. ' ' .. current)
+end
+
+-- The Idempotency-Key spec of this call (ARGV[#ARGV]), or nil.
+local function idempotency()
+  local spec = ARGV[#ARGV]
+  if spec == nil or spec == '' then return nil end
+  local f = split_bar(spec)
+  return {fingerprint = f[1], ttl = tonumber(f[2]), status = tonumber(f[3]), salt = f[4]}
+end
+
+-- A first response already recorded under this key: {'REPLAY', record} (nothing is done again), or
+-- IDEMPOTENCY_REUSED when it was recorded for another body; nil when the request must run.
+local function replayed(spec)
+  if spec == nil then return nil end
+  local raw = redis.call('GET', KEYS[6])
+  if not raw then return nil end
+  local record = cjson.decode(raw)
+  if record.p then return nil end  -- the pending claim the API process made for this very request
+  if record.f ~= spec.fingerprint then return fail('IDEMPOTENCY_REUSED') end
+  return {'REPLAY', raw}
+end
+
+-- Records this request's response under its key, in the same script as its change (no crash window).
+local function remember(spec, flat)
+  if spec == nil then return end
+  local record = {f = spec.fingerprint, s = spec.status, o = flat}
+  if spec.salt ~= '' then record.k = spec.salt end
+  redis.call('SET', KEYS[6], cjson.encode(record), 'PX', spec.ttl)
+end

@@ -1,33 +1,42 @@
 -- begin_payment.lua: starts a payment submission and extends the holds so they cannot lapse
 -- while the attempts run.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5] the order's subject, KEYS[6] the
+--   Idempotency-Key record, KEYS[FIRST_SEAT..] the order's seat keys.
 -- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
--- this long from now (ms)
--- Returns {'OK', order} (state PAYING, paymentStatus trying) or {'EXPIRED', order}.
--- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, NO_SEATS.
+-- this long from now (ms)   ARGV[10..11] controls and idempotency (_lib.lua)
+-- Returns {'OK', order, flight version, rate} (state PAYING, paymentStatus trying), {'EXPIRED', order}
+-- or {'REPLAY', idempotency record}.
+-- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
+--         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, NO_SEATS.
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
+local refused = check_subject(order) or check_expected_seats(order)
+if refused then return refused end
+local spec = idempotency()
+local replay = replayed(spec)
+if replay then return replay end
+local now = now_ms()
+local limited = take_token(controls(), now)
+if limited then return limited end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
 if order.state == 'PAYING' then return fail('PAYING') end
-local stale = check_expected_seats(order)
-if stale then return stale end
-if order.seats == '' or #KEYS < 5 then return fail('NO_SEATS') end
+if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
 
-local now = now_ms()
 if hold_expired(order, now) then
-  expire_now(EXPIRED_MESSAGE)
+  expire_now(expired_message(order))
   return order_reply('EXPIRED')
 end
 
 local order_id = ARGV[4]
 local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
 local changes = {}
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
   changes[id] = {status = 'held', expiresAt = deadline, o = order_id}
 end
 redis.call('ZADD', KEYS[3], deadline, order_id)
-save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
-            'lastError', '', 'holdExpiresAt', deadline}, nil)
-return order_reply('OK', announce_seats(changes))
+local _, flat = save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
+                            'lastError', '', 'holdExpiresAt', deadline}, nil)
+remember(spec, flat)
+return order_reply('OK', announce_seats(changes), flat)

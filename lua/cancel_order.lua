@@ -1,15 +1,24 @@
 -- cancel_order.lua: cancels an order and releases its seats at once.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
--- Returns {'OK', order}.
--- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5] the order's subject, KEYS[6] the
+--   Idempotency-Key record, KEYS[FIRST_SEAT..] the order's seat keys.
+-- ARGV[8..9] controls and idempotency (_lib.lua)
+-- Returns {'OK', order, flight version, rate} or {'REPLAY', idempotency record}.
+-- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
+--         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING.
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
+local refused = check_subject(order) or check_expected_seats(order)
+if refused then return refused end
+local spec = idempotency()
+local replay = replayed(spec)
+if replay then return replay end
+local limited = take_token(controls(), now_ms())
+if limited then return limited end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
 if order.state == 'PAYING' then return fail('PAYING') end
-local stale = check_expected_seats(order)
-if stale then return stale end
 
-local changes = release_seats(5, {})
+local changes = release_seats(FIRST_SEAT, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
-save_order({'state', 'CANCELLED'}, tonumber(ARGV[7]))
-return order_reply('OK', announce_seats(changes))
+local _, flat = save_order({'state', 'CANCELLED'}, tonumber(ARGV[7]))
+remember(spec, flat)
+return order_reply('OK', announce_seats(changes), flat)

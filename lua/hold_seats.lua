@@ -1,25 +1,36 @@
 -- hold_seats.lua: atomically swaps an order's selection for a new set of seats.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] are the current seats'
---   keys followed by the keys of the new seats that are not current.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5] the order's subject, KEYS[6] the
+--   Idempotency-Key record, KEYS[FIRST_SEAT..] the current seats' keys followed by the keys of the new
+--   seats that are not current.
 -- ARGV[8] hold duration (ms)   ARGV[9] max hold from the first hold (ms)
 -- ARGV[10] layout revision the seat ids were validated against   ARGV[11] order TTL (ms)
--- ARGV[12] the new selection (csv of seat ids, same order as their keys)
+-- ARGV[12] the new selection (csv of seat ids, same order as their keys)   ARGV[13..14] controls and
+--   idempotency (_lib.lua)
 -- All-or-nothing: either every new seat is held by this order until one new deadline (kept seats
--- included) and dropped seats are released, or nothing changes.
--- Returns {'OK', order} or {'EXPIRED', order} when the order's hold had already run out.
--- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, LAYOUT, HOLD_LIMIT,
---         CONFLICT <seat>:<held|confirmed>,...
+-- included) and dropped seats are released, or nothing changes. The seats the order's subject then
+-- holds on the flight (FAILED orders' kept seats included) stay within its cap.
+-- Returns {'OK', order, flight version, rate}, {'EXPIRED', order} when the order's time had already
+-- run out, or {'REPLAY', idempotency record}.
+-- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, LAYOUT, IDEMPOTENCY_REUSED,
+--         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, HOLD_LIMIT,
+--         SUBJECT_LIMIT seats <limit> <current>, CONFLICT <seat>:<held|confirmed>,...
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
-if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if order.state == 'PAYING' then return fail('PAYING') end
-local stale = check_expected_seats(order)
-if stale then return stale end
+local refused = check_subject(order) or check_expected_seats(order)
+if refused then return refused end
 if redis.call('HGET', KEYS[1], 'layoutRev') ~= ARGV[10] then return fail('LAYOUT') end
+local spec = idempotency()
+local replay = replayed(spec)
+if replay then return replay end
 
 local now = now_ms()
+local c = controls()
+local limited = take_token(c, now)
+if limited then return limited end
+if TERMINAL[order.state] then return fail('CLOSED', order.state) end
+if order.state == 'PAYING' then return fail('PAYING') end
 if hold_expired(order, now) then
-  expire_now(EXPIRED_MESSAGE)
+  expire_now(expired_message(order))
   return order_reply('EXPIRED')
 end
 
@@ -32,8 +43,17 @@ local wanted_ids = split_csv(ARGV[12])
 local wanted = {}
 for _, id in ipairs(wanted_ids) do wanted[id] = true end
 
+local ended = {}
+if c and c.held > 0 then
+  local _, others, gone = subject_usage(now)
+  ended = gone
+  if others + #wanted_ids > c.held then
+    return subject_limit('seats', c.held, others + #split_csv(order.seats))
+  end
+end
+
 local conflicts = {}
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
@@ -46,7 +66,7 @@ if #conflicts > 0 then return fail('CONFLICT', table.concat(conflicts, ',')) end
 
 local changes = {}
 local held_value = 'H|' .. order_id .. '|' .. deadline
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
     redis.call('SET', KEYS[i], held_value, 'PXAT', deadline)
@@ -60,4 +80,6 @@ redis.call('ZADD', KEYS[3], deadline, order_id)
 -- after the write (it is both the order event and the reply).
 local _, flat = save_order({'state', 'SEATS_SELECTED', 'seats', ARGV[12], 'holdExpiresAt', deadline,
                             'firstHoldAt', first_hold}, tonumber(ARGV[11]), now)
+forget(ended)
+remember(spec, flat)
 return order_reply('OK', announce_seats(changes, now), flat)

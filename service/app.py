@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,11 +27,13 @@ from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
 from service.events import EventBroker
 from service.flights import FlightStore
+from service.limits import StreamSlots
 from service.metrics import RequestMetrics
 from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
 from service.store import connect, connect_pipelined
+from service.subjects import TrustedProxies
 
 log = logging.getLogger("seats.app")
 
@@ -62,15 +65,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         order_scripts = OrderScripts(client, scripts, settings)
         order_scripts.on_flight_version = flights.note_version
         orders = OrderStore(order_scripts, flights, settings, enqueue)
-        app.state.services = Services(settings, client, queue, scripts, flights, orders)
+        app.state.services = Services(settings, client, queue, scripts, flights, orders,
+                                      trusted_proxies=TrustedProxies(settings.trusted_proxies),
+                                      stream_slots=StreamSlots(scripts, settings))
         await scripts.load_all()
         await flights.ensure_catalogue()
         events = EventBroker(settings, client, flights, orders)
         app.state.services.events = events
         await events.start()
+        renewer = asyncio.create_task(app.state.services.stream_slots.renew_forever(), name="stream places")
         try:
             yield
         finally:
+            renewer.cancel()
             await events.stop()
             await queue.aclose()
             await pipelined.aclose()

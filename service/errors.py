@@ -11,10 +11,13 @@ class SeatsError(Exception):
     status_code = 400
     code = "invalid_request"
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, message: str, details: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.details = details or {}
+        self.headers = headers or {}  # e.g. Retry-After on 429 and on 409 idempotency_in_progress
 
 
 class InvalidRequest(SeatsError):
@@ -33,6 +36,12 @@ class Unauthorized(SeatsError):
 
     status_code = 401
     code = "unauthorized"
+
+
+class InvalidBuyerPass(Unauthorized):
+    """A ``Seats-Buyer`` pass that is malformed, forged or expired, or missing where one is required."""
+
+    code = "invalid_buyer_pass"
 
 
 class Forbidden(SeatsError):
@@ -103,6 +112,31 @@ class HoldLimitReached(Conflict):
     """The order has held seats for ``SEATS_MAX_HOLD_SECONDS`` and cannot refresh again."""
 
     code = "hold_limit_reached"
+
+
+class SubjectLimitReached(Conflict):
+    """The subject (buyer or client address) holds as many seats or open orders on the flight as it may."""
+
+    code = "subject_limit_reached"
+
+
+class IdempotencyInProgress(Conflict):
+    """The first request with this Idempotency-Key is still running (retry after ``Retry-After`` seconds)."""
+
+    code = "idempotency_in_progress"
+
+
+class IdempotencyKeyReused(ValidationFailed):
+    """The Idempotency-Key was first used with another request body."""
+
+    code = "idempotency_key_reused"
+
+
+class RateLimited(SeatsError):
+    """The subject sent more writes than its token bucket allows (``Retry-After`` says when to retry)."""
+
+    status_code = 429
+    code = "rate_limited"
 
 
 class PayloadTooLarge(SeatsError):

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,6 +45,7 @@ log = logging.getLogger("seats.events")
 
 RESYNC: Final = -1  # an order outbox item: re-read the order whatever its version
 OrderUpdate = int | Order  # a version to read, or the order as announced
+OnClose = Callable[[], None]  # called once when a stream ends (e.g. to give back its place in a cap)
 PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
 LIVENESS_CHECK_SECONDS: Final = 1.0
 FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
@@ -219,8 +220,8 @@ class EventBroker:
         self._feeds[flight_id] = feed
         return feed
 
-    async def flight_stream(self, watcher: FlightWatcher) -> AsyncIterator[bytes]:
-        """The stream's bytes: a ``retry`` hint, its first frames, then every change."""
+    async def flight_stream(self, watcher: FlightWatcher, on_close: OnClose | None = None) -> AsyncIterator[bytes]:
+        """The stream's bytes: a ``retry`` hint, its first frames, then every change; ``on_close`` at the end."""
         _FLIGHT_STREAMS.inc()
         try:
             yield retry_frame(self._settings.sse_retry_ms)
@@ -238,6 +239,8 @@ class EventBroker:
         finally:
             _FLIGHT_STREAMS.dec()
             self._detach(watcher)
+            if on_close is not None:
+                on_close()
 
     def _detach(self, watcher: FlightWatcher) -> None:
         if watcher.timer is not None:
@@ -252,7 +255,9 @@ class EventBroker:
 
     # -- order streams ------------------------------------------------------------------------
 
-    async def open_order(self, order_id: str, token: str, last_event_id: str | None) -> AsyncIterator[bytes] | None:
+    async def open_order(
+        self, order_id: str, token: str, last_event_id: str | None, on_close: OnClose | None = None
+    ) -> AsyncIterator[bytes] | None:
         """Watch an order, then read it (no change can fall between); None when the client
         already saw its terminal state (answer 204 so EventSource stops reconnecting).
 
@@ -271,10 +276,11 @@ class EventBroker:
             return None
         if self._draining:
             outbox.close()
-        return self._order_stream(order_id, token, outbox, order, self._lifetime_timer(outbox))
+        return self._order_stream(order_id, token, outbox, order, self._lifetime_timer(outbox), on_close)
 
-    async def _order_stream(
-        self, order_id: str, token: str, outbox: Outbox[OrderUpdate], order: Order, timer: asyncio.TimerHandle | None
+    async def _order_stream(  # noqa: PLR0917 - the stream's state, handed over from open_order
+        self, order_id: str, token: str, outbox: Outbox[OrderUpdate], order: Order,
+        timer: asyncio.TimerHandle | None, on_close: OnClose | None,
     ) -> AsyncIterator[bytes]:
         _ORDER_STREAMS.inc()
         try:
@@ -305,6 +311,8 @@ class EventBroker:
         finally:
             _ORDER_STREAMS.dec()
             self._unwatch(order_id, outbox, timer)
+            if on_close is not None:
+                on_close()
 
     def _unwatch(self, order_id: str, outbox: Outbox[OrderUpdate], timer: asyncio.TimerHandle | None) -> None:
         if timer is not None:

@@ -18,6 +18,12 @@ key                                type    contents
 ``seats:{F}:changes``              stream  the last ``SEATS_CHANGE_LOG_LENGTH`` changes, id =
                                            ``<version>-1``
 ``seats:{F}:events``               pubsub  the same changes, live (a channel, not a key)
+``seats:{F}:subject:{subject}``    hash    one subject's token bucket (``tokens``, ``ts``) and the
+                                           orders it created on the flight (field = order key,
+                                           value = order id), for the caps
+``seats:{F}:idempotency:{sha256}`` string  an Idempotency-Key's record (JSON): pending, or the
+                                           first response; sha256 of subject, method, path, key
+``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
 ``seats:gateway:{paymentId}:{n}``  string  the simulated gateway's idempotency record
 =================================  ======  ===================================================
 """
@@ -67,6 +73,21 @@ def events_channel(flight_id: str) -> str:
 def flight_of_channel(channel: str) -> str:
     """Inverse of :func:`events_channel`."""
     return channel[len("seats:{") : -len("}:events")]
+
+
+def subject(flight_id: str, subject_id: str) -> str:
+    """A subject's bucket and orders on one flight (``subject_id`` empty: the worker's placeholder)."""
+    return f"seats:{{{flight_id}}}:subject:{subject_id}"
+
+
+def idempotency(flight_id: str, scope: str) -> str:
+    """An Idempotency-Key record (``scope``: sha256 hex of subject, method, path and key; empty: none)."""
+    return f"seats:{{{flight_id}}}:idempotency:{scope}"
+
+
+def streams(subject_id: str) -> str:
+    """A subject's open SSE streams, across every API process (a slot of its own)."""
+    return f"seats:streams:{{{subject_id}}}"
 
 
 def gateway_charge(idempotency_key: str) -> str:

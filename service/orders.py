@@ -5,11 +5,17 @@ script that also changes the seats, bumps the flight's version and publishes, at
 
 Order hash fields: orderId, flightId, tokenHash (sha256 of the bearer token), state, seats (csv),
 holdExpiresAt and firstHoldAt (ms, '' before any hold), attemptsLeft, paymentStatus, paymentId,
-lastError, confirmationId, version, createdAt, updatedAt.
+lastError, confirmationId, version, createdAt, updatedAt, pendingUntil (ms: a PENDING order expires
+then), subject and subjectKey (who created it, and their ``keys.subject`` hash: its holds count there).
+
+The four writes a customer makes (create, select seats, pay, cancel) carry the caller's subject and
+optional Idempotency-Key (``service.idempotency``); the rate limiter and the caps run inside their
+scripts (``lua/_lib.lua``), so they cost no extra round trip.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -21,12 +27,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from service import errors, keys
+from service import errors, idempotency, keys, limits
 from service.flights import FlightStore, check_flight_id, redis_now_ms
+from service.idempotency import KeyedRequest, Record
 from service.models import TERMINAL_STATES, CreatedOrder, Order, iso_ms
-from service.scripts import Arg, Refusal, Scripts, StaleLayout, StaleView
+from service.scripts import Arg, OtherSubject, Refusal, Scripts, StaleLayout, StaleView
 from service.settings import Settings
 from service.store import store_call
+from service.subjects import Subject
 
 ORDER_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 TRUSTED = "*"
@@ -43,6 +51,17 @@ def decode_order(flat: Sequence[Any]) -> Order:
     """Build the wire Order from a script's flat HGETALL reply."""
     fields = dict(zip(flat[::2], flat[1::2], strict=True))
     return order_from_hash(fields)
+
+
+def lapses_at(fields: dict[str, str]) -> int | None:
+    """When a non-terminal order's time runs out (ms): its hold deadline, or a PENDING order's pendingUntil."""
+    if fields.get("state") == "PENDING":
+        until = fields.get("pendingUntil")
+    elif fields.get("state") in ("SEATS_SELECTED", "PAYING"):
+        until = fields.get("holdExpiresAt")
+    else:
+        return None
+    return int(until) if until else None
 
 
 def order_from_hash(fields: dict[str, str]) -> Order:
@@ -94,10 +113,40 @@ class BoundedCache(OrderedDict[str, str]):
 
 @dataclass(frozen=True, slots=True)
 class ScriptResult:
-    """What an order script answered: its status word and the order afterwards."""
+    """What an order script answered: its status word and the order afterwards; the rate limiter's
+    state (``remaining|reset ms|count|window ms``) when it ran; the first response on ``REPLAY``."""
 
     status: str
     order: Order | None
+    rate: str | None = None
+    record: Record | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends a write: its subject, and its Idempotency-Key with the body's fingerprint (if any)."""
+
+    subject: Subject
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """A write's answer: the order, the HTTP status, the limiter's state, whether it was replayed."""
+
+    order: Order
+    status: int
+    rate: str | None = None
+    replayed: bool = False
+    token: str | None = None  # POST /orders only
+
+    def body(self) -> Order | CreatedOrder:
+        """The response body (``POST /orders`` adds the token)."""
+        if self.token is None:
+            return self.order
+        fields = {f: getattr(self.order, f) for f in self.order.__struct_fields__}
+        return CreatedOrder(**fields, token=self.token)
 
 
 class OrderScripts:
@@ -108,8 +157,10 @@ class OrderScripts:
         self.scripts = scripts
         self.settings = settings
         self.seen_seats = BoundedCache(100_000)
+        self.subject_of = BoundedCache(100_000)  # order id -> its subject's key (a hint the scripts check)
         self.on_flight_version: Callable[[str, int], None] | None = None  # FlightStore.note_version
         self._retention_ms = int(settings.order_retention_seconds * 1000)
+        self._idempotency_ms = int(settings.idempotency_seconds * 1000)
         self._keys_of: dict[str, tuple[tuple[str, str, str], str, str]] = {}
 
     def _flight_keys(self, flight_id: str) -> tuple[tuple[str, str, str], str, str]:
@@ -131,31 +182,57 @@ class OrderScripts:
         token_hash: str,
         args: Sequence[Arg] = (),
         new_seats: Sequence[str] = (),
+        *,
+        subject_key: str | None = None,
+        controls: str = "",
+        keyed: KeyedRequest | None = None,
     ) -> ScriptResult:
-        """Run ``name`` with the order's current seat keys (retrying when our view was stale)."""
+        """Run ``name`` with the order's current seat keys, retrying when our view of its seats or of its
+        subject (``subject_key``, the caller's guess; the order's own wins) was stale.
+
+        ``controls`` and ``keyed`` are the limiter/caps and Idempotency-Key arguments of lua/_lib.lua
+        (empty for the worker's calls). Raises Refusal for the script's refusals.
+        """
         expected = self.seen_seats.get(order_id, "")
+        subject_key = self.subject_of.get(order_id) or subject_key or keys.subject(flight_id, "")
         flight_keys, channel, seat_prefix = self._flight_keys(flight_id)
+        record_key = keyed.record_key if keyed else keys.idempotency(flight_id, "")
+        tail: list[Arg] = [controls, keyed.script_spec(self._idempotency_ms) if keyed else ""]
         for _ in range(MAX_STALE_RETRIES):
             current = expected.split(",") if expected else []
             seat_ids = current + [s for s in new_seats if s not in current] if current else list(new_seats)
-            key_list = [*flight_keys, keys.order(flight_id, order_id), *[seat_prefix + s for s in seat_ids]]
+            key_list = [*flight_keys, keys.order(flight_id, order_id), subject_key, record_key,
+                        *[seat_prefix + s for s in seat_ids]]
             base: list[Arg] = [
                 channel, self.settings.change_log_length, flight_id, order_id,
                 token_hash, expected, self._retention_ms,
             ]
             try:
-                reply = await self.scripts.run(name, key_list, [*base, *args])
+                reply = await self.scripts.run(name, key_list, [*base, *args, *tail])
             except StaleView as stale:
                 expected = stale.detail
                 continue
-            status, flat = reply[0], reply[1]
-            if self.on_flight_version is not None and len(reply) > 2 and reply[2] is not None:
-                self.on_flight_version(flight_id, int(reply[2]))
-            order = decode_order(flat) if flat else None
-            if order is not None:
-                self.seen_seats.put(order_id, ",".join(order.seats))
-            return ScriptResult(str(status), order)
+            except OtherSubject as other:
+                subject_key = other.detail
+                continue
+            return self._result(flight_id, order_id, reply)
         raise errors.Conflict("The order changed concurrently; try again.", {"orderId": order_id})
+
+    def _result(self, flight_id: str, order_id: str, reply: list[Any]) -> ScriptResult:
+        status = str(reply[0])
+        if status == "REPLAY":
+            return ScriptResult(status, None, None, idempotency.decode(reply[1]))
+        flat = reply[1]
+        if self.on_flight_version is not None and len(reply) > 2 and reply[2] is not None:
+            self.on_flight_version(flight_id, int(reply[2]))
+        fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+        order = order_from_hash(fields) if fields else None
+        if order is not None and fields is not None:
+            self.seen_seats.put(order_id, ",".join(order.seats))
+            if fields.get("subjectKey"):
+                self.subject_of.put(order_id, fields["subjectKey"])
+        rate = reply[3] if len(reply) > 3 and reply[3] else None
+        return ScriptResult(status, order, rate)
 
     async def expire(self, flight_id: str, order_id: str) -> ScriptResult:
         """Expire one order if its deadline passed (the sweeper's and lazy readers' step)."""
@@ -170,40 +247,64 @@ class OrderStore:
     ) -> None:
         self._scripts = order_scripts
         self._redis = order_scripts.redis
+        self._execute = order_scripts.scripts.execute
         self._flights = flights
         self._settings = settings
         self._enqueue_payment = enqueue_payment
         self._flight_of = BoundedCache(100_000)
         self._hold_ms = int(settings.hold_seconds * 1000)
         self._max_hold_ms = int(settings.max_hold_seconds * 1000)
+        self._pending_ms = int(settings.pending_order_seconds * 1000)
+        self._controls = limits.controls_spec(settings, self._ttl_ms())
+        self._lease_ms = int(settings.idempotency_lease_seconds * 1000)
+        self._idempotency_ms = int(settings.idempotency_seconds * 1000)
 
-    async def create(self, flight_id: str, order_id: str | None) -> CreatedOrder:
-        """Create a PENDING order; the token is returned once and stored only as a hash."""
+    async def create(self, flight_id: str, order_id: str | None, caller: Caller) -> Written:
+        """Create a PENDING order; the token is returned once and stored only as a hash.
+
+        Raises FlightNotFound, OrderExists, RateLimited, SubjectLimitReached (the subject's open orders),
+        Idempotency* and StoreUnavailable.
+        """
         check_flight_id(flight_id)
-        if order_id is None:
-            order_id = uuid.uuid4().hex
+        generated = order_id is None
+        order_id = uuid.uuid4().hex if order_id is None else order_id
         check_order_id(order_id)
         await self._flights.layout(flight_id)
+        keyed = self._keyed(caller, flight_id, "POST", "/orders", 201)
+
+        async def run() -> Written:
+            return await self._create(flight_id, order_id, caller, keyed)
+
+        written = await self._once(keyed, run)
+        if generated or written.order.order_id == order_id:
+            self._flight_of.put(written.order.order_id, flight_id)
+        return written
+
+    async def _create(self, flight_id: str, order_id: str, caller: Caller, keyed: KeyedRequest | None) -> Written:
         claimed = await store_call(
             self._redis.set(keys.order_flight(order_id), flight_id, nx=True, px=self._ttl_ms())
         )
         if not claimed:
             raise errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id})
-        token = secrets.token_urlsafe(16)
+        token = idempotency.derive_token(keyed.salt, keyed.key) if keyed else secrets.token_urlsafe(16)
         try:
             result = await self._scripts.run(
                 "create_order", flight_id, order_id, hash_token(token),
-                [self._settings.payment_attempts, self._ttl_ms()],
+                [self._settings.payment_attempts, self._ttl_ms(), str(caller.subject), self._pending_ms],
+                subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls, keyed=keyed,
             )
         except Refusal as refusal:
             await store_call(self._redis.delete(keys.order_flight(order_id)))
             raise refusal_error(refusal, order_id) from None
+        if result.record is not None:  # the same key's first request got there first
+            await store_call(self._redis.delete(keys.order_flight(order_id)))
+            assert keyed is not None
+            return self._replayed(result.record, keyed)
         assert result.order is not None
-        self._flight_of.put(order_id, flight_id)
-        return CreatedOrder(**{f: getattr(result.order, f) for f in result.order.__struct_fields__}, token=token)
+        return Written(result.order, 201, result.rate, token=token)
 
     async def get(self, order_id: str, token: str) -> Order:
-        """Read an order; a hold that lapsed before the sweeper ran is expired on the spot."""
+        """Read an order; one whose time ran out before the sweeper came is expired on the spot."""
         flight_id = await self.flight_of(order_id)
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(keys.order(flight_id, order_id))
@@ -212,65 +313,137 @@ class OrderStore:
         fields, time_reply = replies
         if not fields or not hmac.compare_digest(fields["tokenHash"], hash_token(token)):
             raise self._not_found(order_id)
-        deadline = fields.get("holdExpiresAt")
-        if fields["state"] in ("SEATS_SELECTED", "PAYING") and deadline and int(deadline) <= redis_now_ms(time_reply):
+        until = lapses_at(fields)
+        if until is not None and until <= redis_now_ms(time_reply):
             result = await self._scripts.expire(flight_id, order_id)
             if result.order is not None:
                 return result.order
         return order_from_hash(fields)
 
-    async def select_seats(self, order_id: str, token: str, seats: list[str]) -> Order:
-        """Swap the selection for ``seats`` atomically: all held with one new deadline, or nothing."""
+    async def select_seats(self, order_id: str, token: str, seats: list[str], caller: Caller) -> Written:
+        """Swap the selection for ``seats`` atomically: all held with one new deadline, or nothing.
+
+        Raises ValidationFailed (seat ids), OrderNotFound, OrderClosed, PaymentInProgress,
+        SeatsUnavailable, SubjectLimitReached (the subject's held seats), RateLimited, Idempotency*.
+        """
         flight_id = await self.flight_of(order_id)
         self._check_selection(seats)
-        for _ in range(MAX_STALE_RETRIES):
-            layout = await self._flights.layout(flight_id)
-            unknown = [s for s in seats if not layout.has_seat(s)]
-            if unknown:
-                raise errors.ValidationFailed(
-                    f"Unknown seat ids for flight {flight_id}: {', '.join(unknown)}.",
-                    {"field": "seats", "unknown": unknown},
-                )
-            args: list[Arg] = [self._hold_ms, self._max_hold_ms, layout.rev, self._ttl_ms(), ",".join(seats)]
-            try:
-                result = await self._scripts.run("hold_seats", flight_id, order_id, hash_token(token), args, seats)
-            except StaleLayout:
-                await self._flights.layout(flight_id, refresh=True)
-                continue
-            except Refusal as refusal:
-                raise refusal_error(refusal, order_id) from None
-            return self._expect_open(result)
-        raise errors.Conflict("The flight's layout kept changing; try again.", {"flightId": flight_id})
+        keyed = self._keyed(caller, flight_id, "POST", f"/orders/{order_id}/seats", 200)
 
-    async def pay(self, order_id: str, token: str, code: str) -> Order:
-        """Start a payment submission: holds extended, state PAYING, one arq job enqueued.
+        async def run() -> Written:
+            for _ in range(MAX_STALE_RETRIES):
+                layout = await self._flights.layout(flight_id)
+                unknown = [s for s in seats if not layout.has_seat(s)]
+                if unknown:
+                    raise errors.ValidationFailed(
+                        f"Unknown seat ids for flight {flight_id}: {', '.join(unknown)}.",
+                        {"field": "seats", "unknown": unknown},
+                    )
+                args: list[Arg] = [self._hold_ms, self._max_hold_ms, layout.rev, self._ttl_ms(), ",".join(seats)]
+                try:
+                    result = await self._scripts.run(
+                        "hold_seats", flight_id, order_id, hash_token(token), args, seats,
+                        subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                        keyed=keyed,
+                    )
+                except StaleLayout:
+                    await self._flights.layout(flight_id, refresh=True)
+                    continue
+                except Refusal as refusal:
+                    raise refusal_error(refusal, order_id) from None
+                return self._written(result, 200, keyed)
+            raise errors.Conflict("The flight's layout kept changing; try again.", {"flightId": flight_id})
+
+        return await self._once(keyed, run)
+
+    async def pay(self, order_id: str, token: str, code: str, caller: Caller) -> Written:
+        """Start a payment submission: holds extended, state PAYING, one arq job enqueued (202).
 
         The code is checked for format and then dropped: the simulated gateway decides at random,
-        so it is never logged, stored or put in the job.
+        so it is never logged, stored or put in the job (nor in the Idempotency-Key's fingerprint).
         """
         check_payment_code(code)
         flight_id = await self.flight_of(order_id)
-        payment_id = uuid.uuid4().hex
-        window_ms = int(self._settings.payment_window_seconds * 1000)
-        try:
-            result = await self._scripts.run(
-                "begin_payment", flight_id, order_id, hash_token(token), [payment_id, window_ms]
-            )
-        except Refusal as refusal:
-            raise refusal_error(refusal, order_id) from None
-        order = self._expect_open(result)
-        await self._enqueue_payment(flight_id, order_id, payment_id)
-        return order
+        keyed = self._keyed(caller, flight_id, "POST", f"/orders/{order_id}/payment", 202)
 
-    async def cancel(self, order_id: str, token: str) -> Order:
+        async def run() -> Written:
+            payment_id = uuid.uuid4().hex
+            window_ms = int(self._settings.payment_window_seconds * 1000)
+            try:
+                result = await self._scripts.run(
+                    "begin_payment", flight_id, order_id, hash_token(token), [payment_id, window_ms],
+                    subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                    keyed=keyed,
+                )
+            except Refusal as refusal:
+                raise refusal_error(refusal, order_id) from None
+            written = self._written(result, 202, keyed)
+            if not written.replayed:
+                await self._enqueue_payment(flight_id, order_id, payment_id)
+            return written
+
+        return await self._once(keyed, run)
+
+    async def cancel(self, order_id: str, token: str, caller: Caller) -> Written:
         """Cancel the order and release its seats at once."""
         flight_id = await self.flight_of(order_id)
+        keyed = self._keyed(caller, flight_id, "DELETE", f"/orders/{order_id}", 200)
+
+        async def run() -> Written:
+            try:
+                result = await self._scripts.run(
+                    "cancel_order", flight_id, order_id, hash_token(token),
+                    subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                    keyed=keyed,
+                )
+            except Refusal as refusal:
+                raise refusal_error(refusal, order_id) from None
+            return self._written(result, 200, keyed)
+
+        return await self._once(keyed, run)
+
+    # -- Idempotency-Key ----------------------------------------------------------------------
+
+    def _keyed(self, caller: Caller, flight_id: str, method: str, path: str, status: int) -> KeyedRequest | None:
+        if caller.idempotency_key is None:
+            return None
+        return idempotency.keyed_request(flight_id, str(caller.subject), method, path, caller.idempotency_key,
+                                         caller.fingerprint, status)
+
+    async def _once(self, keyed: KeyedRequest | None, run: Callable[[], Awaitable[Written]]) -> Written:
+        """Run a write at most once per Idempotency-Key (see ``service.idempotency``)."""
+        if keyed is None:
+            return await run()
+        existing = await self._execute(
+            "SET", keyed.record_key, idempotency.pending(keyed), "NX", "GET", "PX", self._lease_ms
+        )
+        if existing is not None:
+            record = idempotency.decode(existing)
+            idempotency.check_existing(keyed, record)
+            return self._replayed(record, keyed)
         try:
-            result = await self._scripts.run("cancel_order", flight_id, order_id, hash_token(token))
-        except Refusal as refusal:
-            raise refusal_error(refusal, order_id) from None
-        assert result.order is not None
-        return result.order
+            return await run()
+        except errors.SeatsError as error:
+            answer = idempotency.answered_error(keyed, error) if idempotency.settle_on(error) else ""
+            with contextlib.suppress(errors.StoreUnavailable):  # a claim not settled lapses with its lease
+                await self._scripts.scripts.run("idempotency_settle", [keyed.record_key],
+                                                [keyed.fingerprint, answer, self._idempotency_ms])
+            raise
+
+    def _written(self, result: ScriptResult, status: int, keyed: KeyedRequest | None) -> Written:
+        if result.record is not None and keyed is not None:
+            return self._replayed(result.record, keyed)
+        return Written(self._expect_open(result), status, result.rate)
+
+    @staticmethod
+    def _replayed(record: Record, keyed: KeyedRequest) -> Written:
+        if record.e is not None:
+            raise idempotency.replay_error(record)
+        assert record.o is not None
+        token = idempotency.derive_token(record.k, keyed.key) if record.k else None
+        return Written(decode_order(record.o), record.s, None, replayed=True, token=token)
+
+    # -- reads and checks ---------------------------------------------------------------------
 
     async def token_matches(self, flight_id: str, order_id: str, token: str) -> bool:
         """Whether ``token`` belongs to the order (false for unknown orders)."""
@@ -339,7 +512,14 @@ def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:
         ),
         "FLIGHT_NOT_FOUND": errors.FlightNotFound(f"Flight {detail} does not exist.", {"flightId": detail}),
         "ORDER_EXISTS": errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id}),
+        "IDEMPOTENCY_REUSED": errors.IdempotencyKeyReused(
+            "This Idempotency-Key was first used with a different request body.", dict(idempotency.FIELD)
+        ),
     }
+    if code == "RATE_LIMITED":
+        return limits.rate_limited(refusal)
+    if code == "SUBJECT_LIMIT":
+        return limits.subject_limit(refusal)
     if code in simple:
         return simple[code]
     return errors.SeatsError(f"Unexpected refusal {code}.", {"code": code})

@@ -30,6 +30,8 @@ SCRIPT_NAMES = (
     "expire_order",
     "due_orders",
     "put_flight",
+    "stream_slot",
+    "idempotency_settle",
 )
 
 Arg = str | int | float
@@ -52,6 +54,10 @@ class StaleLayout(Refusal):
     """The flight's layout changed since the caller validated seat ids against it."""
 
 
+class OtherSubject(Refusal):
+    """The order's subject is not the one the caller assumed; ``detail`` is the order's subject key."""
+
+
 def load_sources() -> dict[str, str]:
     """The full source of every script (library prepended), by name."""
     package = resources.files("lua")
@@ -64,8 +70,8 @@ def load_sources() -> dict[str, str]:
 
 # The codes our scripts refuse with (``fail(...)`` in lua/); any other error reply is Redis's own.
 REFUSAL_CODES = frozenset({
-    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_LIMIT", "LAYOUT", "NOT_FOUND",
-    "NO_SEATS", "ORDER_EXISTS", "PAYING", "STALE",
+    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_LIMIT", "IDEMPOTENCY_REUSED", "LAYOUT",
+    "NOT_FOUND", "NO_SEATS", "ORDER_EXISTS", "PAYING", "RATE_LIMITED", "STALE", "SUBJECT", "SUBJECT_LIMIT",
 })
 # Redis errors that mean "the store cannot take this now" (a 503, like a lost connection).
 UNAVAILABLE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN"})
@@ -81,6 +87,8 @@ def parse_refusal(message: str) -> Refusal | None:
         return StaleView(code, detail)
     if code == "LAYOUT":
         return StaleLayout(code, detail)
+    if code == "SUBJECT":
+        return OtherSubject(code, detail)
     return Refusal(code, detail)
 
 
@@ -121,6 +129,22 @@ class Scripts:
             if refusal is None:
                 raise
             raise refusal from None
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc
+
+    async def execute(self, *args: Arg) -> Any:
+        """One plain command over the same connection (e.g. the Idempotency-Key claim).
+
+        Raises StoreUnavailable when Redis is gone or cannot take it now; other error replies as they are.
+        """
+        try:
+            return await self._execute(*args)
+        except BusyLoadingError as exc:
+            raise errors.StoreUnavailable("The seat store (Redis) is loading its data.") from exc
+        except (ResponseError, RedisReplyError) as exc:
+            if _is_unavailable(str(exc)):
+                raise errors.StoreUnavailable(f"The seat store (Redis) cannot take this now: {exc}") from exc
+            raise
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc
 

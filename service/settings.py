@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Literal
@@ -44,6 +45,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_jobs: int = 100
     worker_poll_delay_seconds: float = 0.01
     worker_metrics_port: int | None = None  # the worker's own /metrics (containers share no directory)
+    # Hostile crowds (spec §10): who a request is, and what one subject may do.
+    buyer_secret: str | None = None  # HMAC key of buyer passes (Seats-Buyer); unset: passes are refused
+    require_buyer_pass: bool = False  # POST /orders needs a valid pass
+    trusted_proxies: tuple[str, ...] = ()  # CIDRs whose X-Forwarded-For is believed
+    rate_limit_writes: str = "60/60"  # token bucket per subject and flight: <count>/<seconds>, or "off"
+    max_streams_per_subject: int = 20  # open SSE streams per subject (0: no cap)
+    max_held_seats_per_subject: int = 10  # seats held at once per subject and flight (0: no cap)
+    max_open_orders_per_subject: int = 3  # non-terminal orders per subject and flight (0: no cap)
+    pending_order_seconds: float = 900.0  # an order that never held a seat expires after this long
+    idempotency_seconds: float = 86_400.0  # how long an Idempotency-Key's first response is kept
+    idempotency_lease_seconds: float = 30.0  # a key whose first request is still running answers 409 this long
+
+    @property
+    def write_limit(self) -> tuple[int, float] | None:
+        """``SEATS_RATE_LIMIT_WRITES`` as (count, window seconds); None when the limiter is off."""
+        return parse_rate(self.rate_limit_writes)
 
     @property
     def queue_url(self) -> str:
@@ -102,7 +119,18 @@ _ENV_NAMES: dict[str, str] = {
     "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
     "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
     "worker_metrics_port": "SEATS_WORKER_METRICS_PORT",
+    "buyer_secret": "SEATS_BUYER_SECRET",
+    "require_buyer_pass": "SEATS_REQUIRE_BUYER_PASS",
+    "trusted_proxies": "SEATS_TRUSTED_PROXIES",
+    "rate_limit_writes": "SEATS_RATE_LIMIT_WRITES",
+    "max_streams_per_subject": "SEATS_MAX_STREAMS_PER_SUBJECT",
+    "max_held_seats_per_subject": "SEATS_MAX_HELD_SEATS_PER_SUBJECT",
+    "max_open_orders_per_subject": "SEATS_MAX_OPEN_ORDERS_PER_SUBJECT",
+    "pending_order_seconds": "SEATS_PENDING_ORDER_SECONDS",
+    "idempotency_seconds": "SEATS_IDEMPOTENCY_SECONDS",
+    "idempotency_lease_seconds": "SEATS_IDEMPOTENCY_LEASE_SECONDS",
 }
+_LIST_FIELDS = frozenset({"cors_origins", "trusted_proxies"})
 
 
 class SettingsError(ValueError):
@@ -117,7 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> 
         value = source.get(name)
         if value is None or value == "":
             continue
-        raw[field] = [o.strip() for o in value.split(",") if o.strip()] if field == "cors_origins" else value
+        raw[field] = [o.strip() for o in value.split(",") if o.strip()] if field in _LIST_FIELDS else value
     raw.update(overrides)
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
@@ -138,3 +166,38 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
+    _check_controls(settings)
+
+
+def parse_rate(value: str) -> tuple[int, float] | None:
+    """``"<count>/<seconds>"`` (e.g. ``60/60``) as (count, seconds); ``"off"`` is None.
+
+    Raises SettingsError for anything else (a count or window that is not positive).
+    """
+    if value.strip().lower() == "off":
+        return None
+    count, sep, seconds = value.partition("/")
+    try:
+        rate = (int(count), float(seconds))
+    except ValueError:
+        rate = (0, 0.0)
+    if not sep or rate[0] < 1 or rate[1] <= 0:
+        raise SettingsError(f"SEATS_RATE_LIMIT_WRITES must be '<count>/<seconds>' or 'off', not {value!r}")
+    return rate
+
+
+def _check_controls(settings: Settings) -> None:
+    parse_rate(settings.rate_limit_writes)
+    for proxy in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise SettingsError(f"SEATS_TRUSTED_PROXIES: {proxy!r} is not an address or CIDR") from exc
+    caps = (settings.max_streams_per_subject, settings.max_held_seats_per_subject,
+            settings.max_open_orders_per_subject)
+    if min(caps) < 0:
+        raise SettingsError("SEATS_MAX_*_PER_SUBJECT must be 0 (no cap) or more")
+    if settings.pending_order_seconds <= 0 or settings.idempotency_seconds <= 0:
+        raise SettingsError("SEATS_PENDING_ORDER_SECONDS and SEATS_IDEMPOTENCY_SECONDS must be positive")
+    if settings.require_buyer_pass and not settings.buyer_secret:
+        raise SettingsError("SEATS_REQUIRE_BUYER_PASS needs SEATS_BUYER_SECRET")

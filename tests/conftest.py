@@ -119,6 +119,16 @@ def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
+# Every test client is one subject (one address): the limits of spec §10 are on, but far from these
+# tests' volumes; tests/test_controls.py sets them tight on purpose.
+GENEROUS_CONTROLS: dict[str, Any] = {
+    "rate_limit_writes": "1000000/1",
+    "max_held_seats_per_subject": 0,
+    "max_open_orders_per_subject": 0,
+    "max_streams_per_subject": 0,
+}
+
+
 @pytest.fixture
 def make_settings(redis_url: str) -> Callable[..., Settings]:
     """Factory: settings on the private Redis, deterministic payments unless overridden."""
@@ -130,6 +140,7 @@ def make_settings(redis_url: str) -> Callable[..., Settings]:
             "payment_latency_seconds": 0.0,
             "payment_backoff_seconds": 0.05,
             "admin_token": "admin-secret",
+            **GENEROUS_CONTROLS,
         }
         defaults.update(overrides)
         return load_settings({}, **defaults)
@@ -212,6 +223,7 @@ def processes(redis_url: str) -> Iterator[Processes]:
         "SEATS_PAYMENT_BACKOFF_SECONDS": "0.05",
         "SEATS_ADMIN_TOKEN": "admin-secret",
         "PYTHONUNBUFFERED": "1",
+        **{f"SEATS_{name.upper()}": str(value) for name, value in GENEROUS_CONTROLS.items()},
     }
     procs = Processes(env)
     yield procs

@@ -6,6 +6,11 @@ from typing import Any
 
 from litestar.testing import TestClient
 
+from service.orders import Caller
+from service.subjects import Subject
+
+CALLER = Caller(Subject("address", "192.0.2.1"))  # the subject of writes that tests make on OrderStore directly
+
 
 def auth(token: str) -> dict[str, str]:
     """The bearer header for an order token."""

@@ -14,6 +14,7 @@ from service.orders import TRUSTED, OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings
 from service.store import connect
+from tests.helpers import CALLER
 
 
 async def _no_enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
@@ -37,19 +38,19 @@ async def test_racing_orders_end_with_one_holder_per_seat(make_settings: Callabl
     await flights.put("RACE", PutFlightRequest(rows=4, columns="ABCD"))
     seat_ids = [f"{r}{c}" for r in range(1, 5) for c in "ABCD"]
     rng = random.Random(7)
-    created = [await (store_a if i % 2 else store_b).create("RACE", f"race-{i}") for i in range(200)]
-    wanted = {o.order_id: rng.sample(seat_ids, 8) for o in created}
+    created = [await (store_a if i % 2 else store_b).create("RACE", f"race-{i}", CALLER) for i in range(200)]
+    tokens = {written.order.order_id: written.token or "" for written in created}
+    wanted = {order_id: rng.sample(seat_ids, 8) for order_id in tokens}
 
-    async def attempt(index: int) -> tuple[str, bool]:
-        order = created[index]
+    async def attempt(order_id: str, index: int) -> tuple[str, bool]:
         store = store_a if index % 2 else store_b
         try:
-            await store.select_seats(order.order_id, order.token, wanted[order.order_id])
+            await store.select_seats(order_id, tokens[order_id], wanted[order_id], CALLER)
         except errors.SeatsUnavailable:
-            return order.order_id, False
-        return order.order_id, True
+            return order_id, False
+        return order_id, True
 
-    results = await asyncio.gather(*(attempt(i) for i in range(200)))
+    results = await asyncio.gather(*(attempt(order_id, i) for i, order_id in enumerate(tokens)))
     winners = [order_id for order_id, ok in results if ok]
     assert winners, "at least the first hold must succeed"
     values = await client_a.mget([keys.seat("RACE", s) for s in seat_ids])
@@ -75,7 +76,7 @@ async def test_payment_success_around_deadline_confirms_all_or_nothing(make_sett
     await flights.ensure_catalogue()
     outcomes = set()
     for i in range(30):
-        order = await store.create("FL-001", f"edge-{i}")
+        order = (await store.create("FL-001", f"edge-{i}", CALLER)).order
         seats = ["1A", "1B", "1C"]
         hold_args = [60, 60_000, "1", 600_000, ",".join(seats)]
         await order_scripts.run("hold_seats", "FL-001", order.order_id, TRUSTED, hold_args, seats)

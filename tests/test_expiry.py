@@ -15,6 +15,7 @@ from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings
 from service.store import connect
+from tests.helpers import CALLER
 
 
 async def _no_enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
@@ -33,8 +34,8 @@ async def _rig(settings: Settings) -> tuple[Any, OrderStore, OrderScripts, Fligh
 async def test_lapsed_hold_reads_available_before_sweep(make_settings: Callable[..., Settings]) -> None:
     """Right after the deadline, with no sweeper, the map shows the seat available and the order EXPIRED."""
     client, store, _, flights = await _rig(make_settings(hold_seconds=0.2))
-    created = await store.create("FL-001", "lapse")
-    held = await store.select_seats("lapse", created.token, ["1A"])
+    created = await store.create("FL-001", "lapse", CALLER)
+    held = (await store.select_seats("lapse", created.token, ["1A"], CALLER)).order
     snapshot, _ = await flights.snapshot("FL-001")
     assert snapshot.seats["1A"].status == "held"
     await asyncio.sleep(0.25)
@@ -50,8 +51,8 @@ async def test_sweeper_expires_within_a_second(make_settings: Callable[..., Sett
     """The sweeper marks a lapsed order EXPIRED, releases its seats and bumps the version within 1 s."""
     settings = make_settings(hold_seconds=0.5, sweep_interval_seconds=0.1)
     client, store, order_scripts, _ = await _rig(settings)
-    created = await store.create("FL-001", "sweep")
-    await store.select_seats("sweep", created.token, ["1B", "1C"])
+    created = await store.create("FL-001", "sweep", CALLER)
+    await store.select_seats("sweep", created.token, ["1B", "1C"], CALLER)
     deadline = int(await client.hget(keys.order("FL-001", "sweep"), "holdExpiresAt"))
     version_before = int(await client.hget(keys.flight("FL-001"), "version"))
     sweeper = asyncio.create_task(run_sweeper(order_scripts, settings.sweep_interval_seconds))
@@ -72,8 +73,8 @@ async def test_sweeper_expires_within_a_second(make_settings: Callable[..., Sett
 async def test_failed_order_releases_at_its_deadline(make_settings: Callable[..., Settings]) -> None:
     """In deadline mode a FAILED order keeps its seats until holdExpiresAt, then the sweeper releases them."""
     client, store, order_scripts, flights = await _rig(make_settings())
-    created = await store.create("FL-001", "failed")
-    await store.select_seats("failed", created.token, ["5A"])
+    created = await store.create("FL-001", "failed", CALLER)
+    await store.select_seats("failed", created.token, ["5A"], CALLER)
     args = [60, 60_000, "1", 600_000, "5A"]
     await order_scripts.run("hold_seats", "FL-001", "failed", "*", args, ["5A"])  # shorten to 60 ms
     await client.hset(keys.order("FL-001", "failed"), mapping={"state": "FAILED"})

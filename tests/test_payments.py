@@ -18,6 +18,7 @@ from service.payments import SimulatedGateway, process_payment
 from service.scripts import Scripts
 from service.settings import Settings
 from service.store import connect, connect_pipelined
+from tests.helpers import CALLER
 
 
 @dataclass
@@ -31,9 +32,9 @@ class Rig:
     enqueued: list[str]
 
     async def paying_order(self, order_id: str, seats: list[str]) -> tuple[Order, str]:
-        created = await self.store.create("FL-001", order_id)
-        await self.store.select_seats(order_id, created.token, seats)
-        order = await self.store.pay(order_id, created.token, "12345")
+        created = await self.store.create("FL-001", order_id, CALLER)
+        await self.store.select_seats(order_id, created.token, seats, CALLER)
+        order = (await self.store.pay(order_id, created.token, "12345", CALLER)).order
         return order, self.enqueued[-1]
 
     async def run_job(self, order_id: str, payment_id: str) -> str:

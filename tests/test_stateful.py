@@ -55,7 +55,7 @@ class ReservationMachine(RuleBasedStateMachine):
         self.model = {o: ModelOrder() for o in ORDERS}
         self.sold: dict[str, str] = {}
         for order_id in ORDERS:
-            self.call("create_order", order_id, hash_token(order_id), [3, LONG_MS * 10])
+            self.call("create_order", order_id, hash_token(order_id), [3, LONG_MS * 10, "a:192.0.2.1", LONG_MS * 10])
 
     def teardown(self) -> None:
         self.run(self.client.aclose())

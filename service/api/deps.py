@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
 import msgspec
@@ -16,10 +16,12 @@ from litestar.di import NamedDependency
 from service import errors
 from service.events import EventBroker
 from service.flights import FlightStore
+from service.limits import StreamSlots
 from service.models import CreateOrderRequest, PaymentRequest, PutFlightRequest, SelectSeatsRequest
 from service.orders import OrderStore
 from service.scripts import Scripts
 from service.settings import Settings
+from service.subjects import TrustedProxies
 
 T = TypeVar("T")
 AnyRequest = Request[object, object, State]
@@ -36,6 +38,8 @@ class Services:
     flights: FlightStore
     orders: OrderStore
     events: EventBroker | None = None  # live updates (SSE); started last, stopped first
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
+    stream_slots: StreamSlots | None = None  # the cap on open streams per subject
 
 
 ServicesDep = NamedDependency[Services]

@@ -35,8 +35,8 @@ def _json(status: int, code: str, message: str, details: dict[str, object], head
 
 
 def domain_error(_: Request[object, object, State], exc: errors.SeatsError) -> Response[ErrorBody]:
-    """A domain error, as it says."""
-    return _json(exc.status_code, exc.code, exc.message, exc.details)
+    """A domain error, as it says (with its headers: ``Retry-After`` on 429 and on 409 in progress)."""
+    return _json(exc.status_code, exc.code, exc.message, exc.details, exc.headers or None)
 
 
 def http_error(_: Request[object, object, State], exc: HTTPException) -> Response[ErrorBody]:

@@ -7,6 +7,7 @@ cap, slow client, server drain), and the client resumes with ``Last-Event-ID``.
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 from litestar import Request, Response, get
@@ -15,8 +16,10 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Stream
 
 from service import errors
-from service.api.deps import ServicesDep, bearer_token, require_token
+from service.api.controls import subject_of
+from service.api.deps import Services, ServicesDep, bearer_token, require_token
 from service.events import EventBroker
+from service.limits import StreamSlots
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
 SSE_MEDIA_TYPE = "text/event-stream"
@@ -47,8 +50,10 @@ async def flight_events(
     await services.flights.layout(flight_id)  # an unknown flight is a 404, not an empty stream
     token = bearer_token(request, allow_query=True)
     mine = order_id if order_id and token and await services.orders.token_matches(flight_id, order_id, token) else None
+    slots, place = await _place(request, services)
     watcher = broker.open_flight(flight_id, mine, request.headers.get("last-event-id"))
-    return Stream(broker.flight_stream(watcher), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+    stream = broker.flight_stream(watcher, functools.partial(slots.release_soon, place) if slots else None)
+    return Stream(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
 
 @get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE)
@@ -64,10 +69,28 @@ async def order_events(
     """
     broker = _broker(services)
     token = require_token(request, allow_query=True)
-    stream = await broker.open_order(order_id, token, request.headers.get("last-event-id"))
+    slots, place = await _place(request, services)
+    on_close = functools.partial(slots.release_soon, place) if slots else None
+    try:
+        stream = await broker.open_order(order_id, token, request.headers.get("last-event-id"), on_close)
+    except BaseException:
+        if on_close is not None:
+            on_close()
+        raise
     if stream is None:
+        if on_close is not None:
+            on_close()
         return Response(None, status_code=204)
     return Stream(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+
+
+async def _place(request: Request[object, object, State], services: Services) -> tuple[StreamSlots | None,
+                                                                                      tuple[str, str] | None]:
+    """A place among the subject's open streams (429 ``rate_limited`` at its cap), before the stream opens."""
+    slots = services.stream_slots
+    if slots is None:
+        return None, None
+    return slots, await slots.acquire(subject_of(request, services))
 
 
 ROUTES = [flight_events, order_events]
