@@ -42,6 +42,10 @@ class RedisReplyError(Exception):
     """An error reply (``-ERR ...``, a script's ``redis.error_reply``); the message is Redis's."""
 
 
+class NotSent(errors.StoreUnavailable):
+    """No connection could be made: the command never left this process (safe to send elsewhere)."""
+
+
 class _Protocol(asyncio.Protocol):
     """The socket: writes coalesced per loop turn, replies parsed by hiredis and handed out in order."""
 
@@ -125,17 +129,41 @@ class MultiplexedRedis:
         self._watchdog: asyncio.Task[None] | None = None
         self._closed = False
 
+    @classmethod
+    def at(cls, address: RedisAddress, *, connect_timeout: float = 2.0, reply_timeout: float = 5.0,
+           max_in_flight: int = 10_000) -> MultiplexedRedis:
+        """A connection to ``address`` (a cluster node found in the slot map)."""
+        connection = cls("redis://127.0.0.1", connect_timeout=connect_timeout, reply_timeout=reply_timeout,
+                         max_in_flight=max_in_flight)
+        connection._address = address
+        return connection
+
     async def execute(self, *args: Arg) -> Any:
         """Send one command and return its reply."""
+        protocol = await self._ready()
+        reply = await protocol.send(pack(args))
+        if isinstance(reply, RedisReplyError):
+            raise reply
+        return reply
+
+    async def execute_asking(self, *args: Arg) -> Any:
+        """``ASKING`` then the command, adjacent on the wire (a slot being migrated: Redis Cluster's ASK)."""
+        protocol = await self._ready()
+        asking = protocol.send(pack(("ASKING",)))
+        reply = await protocol.send(pack(args))
+        with contextlib.suppress(RedisReplyError):
+            await asking
+        if isinstance(reply, RedisReplyError):
+            raise reply
+        return reply
+
+    async def _ready(self) -> _Protocol:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = await self._connect()
         if len(protocol.waiting) >= self._max_in_flight:  # fail fast (503) rather than queue without bound
             raise errors.StoreUnavailable("The seat store (Redis) is not keeping up; try again.")
-        reply = await protocol.send(pack(args))
-        if isinstance(reply, RedisReplyError):
-            raise reply
-        return reply
+        return protocol
 
     async def aclose(self) -> None:
         """Close the connection; commands in flight fail with StoreUnavailable."""
@@ -150,7 +178,7 @@ class MultiplexedRedis:
 
     async def _connect(self) -> _Protocol:
         if self._closed:
-            raise errors.StoreUnavailable("The seat store client is closed.")
+            raise NotSent("The seat store client is closed.")
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.create_task(self._open())
             self._connecting.add_done_callback(_retrieve_exception)  # even if every caller went away
@@ -160,10 +188,10 @@ class MultiplexedRedis:
         except errors.StoreUnavailable:
             raise
         except (OSError, TimeoutError, RedisReplyError) as exc:
-            raise errors.StoreUnavailable("The seat store (Redis) cannot be reached.") from exc
+            raise NotSent("The seat store (Redis) cannot be reached.") from exc
         except asyncio.CancelledError:
             if connecting.cancelled():  # closed while connecting; the caller itself was not cancelled
-                raise errors.StoreUnavailable("The seat store client is closed.") from None
+                raise NotSent("The seat store client is closed.") from None
             raise
 
     async def _open(self) -> _Protocol:
@@ -174,8 +202,8 @@ class MultiplexedRedis:
                 _, protocol = await self._address.connect(lambda: _Protocol(loop))
                 for command in self._address.handshake:
                     reply = await protocol.send(pack(command))
-                    if isinstance(reply, RedisReplyError):
-                        raise reply
+                    if isinstance(reply, RedisReplyError) and command[:2] != ("CLIENT", "SETNAME"):
+                        raise reply  # a name is a courtesy: an ACL user may not be allowed to set one
         except BaseException:
             if protocol is not None:
                 protocol.close()
@@ -232,6 +260,11 @@ class RedisAddress:
         return cls(str(params.get("host", "127.0.0.1")), int(params.get("port", 6379)),
                    str(params["path"]) if unix else None,
                    params.get("connection_class") is SSLConnection, tuple(commands))
+
+    def moved_to(self, host: str, port: int) -> RedisAddress:
+        """The same credentials, TLS and handshake at another node (no SELECT: a cluster has one database)."""
+        handshake = tuple(c for c in self.handshake if c[0] != "SELECT")
+        return RedisAddress(host, port, None, self.tls, handshake)
 
     async def connect(self, factory: Callable[[], P]) -> tuple[asyncio.BaseTransport, P]:
         """Open a socket served by ``factory``'s protocol (the handshake is the caller's)."""

@@ -1,0 +1,171 @@
+"""A real local Redis Cluster for tests: 6 ``redis-server --cluster-enabled yes`` (3 primaries, 3 replicas)
+on free ports, joined by ``redis-cli --cluster create``, with the handles tests need to hurt it
+(kill a primary, fail over, migrate a slot)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.conftest import _die_with_parent
+
+NODE_TIMEOUT_MS = 1500  # how long a silent primary is trusted before its replica takes over
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free as well."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+@dataclass
+class ClusterNode:
+    """One redis-server of the cluster."""
+
+    port: int
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is required for the cluster tests (.ci/run installs it)"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+             "--cluster-config-file", str(self.data_dir / "nodes.conf"), "--cluster-node-timeout",
+             str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+             "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log"),
+             "--cluster-require-full-coverage", "yes",
+             # a replica may always take over (the default refuses one that lost its link for long)
+             "--cluster-replica-validity-factor", "0"],
+            start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call
+        )
+        self.client().ping()
+
+    def client(self) -> redis.Redis:
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, decode_responses=True)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without a word (its replica takes over after NODE_TIMEOUT_MS)."""
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+
+@dataclass
+class LocalCluster:
+    """3 primaries + 3 replicas on 127.0.0.1; ``url`` is the seed list for ``SEATS_REDIS_URL``."""
+
+    nodes: list[ClusterNode] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes[:3])
+
+    def alive(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.process and n.process.poll() is None]
+
+    def primary_of(self, key: str) -> ClusterNode:
+        """The node that serves ``key``'s slot now."""
+        slot = redis.crc.key_slot(key.encode())
+        for node in self.alive():
+            for start, end, primary, *_ in node.client().execute_command("CLUSTER SLOTS"):
+                if start <= slot <= end:
+                    return self.node_at(int(primary[1]))
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def node_at(self, port: int) -> ClusterNode:
+        return next(n for n in self.nodes if n.port == port)
+
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        """A replica that follows ``primary`` now."""
+        for node in self.alive():
+            info = node.client().info("replication")
+            if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
+                return node
+        raise AssertionError(f"no replica of {primary.port}")
+
+    def flush(self) -> None:
+        """Empty every primary (replicas follow)."""
+        for node in self.alive():
+            with contextlib.suppress(redis.ResponseError):  # replicas refuse writes
+                if node.client().info("replication").get("role") == "master":
+                    node.client().flushall()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says cluster_state:ok and agrees that live primaries serve every slot."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                live = {n.port for n in self.alive()}
+                states = [n.client().cluster("info")["cluster_state"] for n in self.alive()]
+                owners = {tuple(sorted((s[0], s[1], s[2][1]) for s in n.client().execute_command("CLUSTER SLOTS")))
+                          for n in self.alive()}
+                served_by = {port for view in owners for _, _, port in view}
+                links = [n.client().info("replication") for n in self.alive()]
+                synced = all(i.get("master_link_status") == "up" for i in links if i.get("role") == "slave")
+                if set(states) == {"ok"} and len(owners) == 1 and served_by <= live and synced:
+                    return
+            except redis.RedisError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the cluster did not settle")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+@contextlib.contextmanager
+def local_cluster() -> Iterator[LocalCluster]:
+    """Start, join and settle a 6-node cluster; stop it afterwards."""
+    with tempfile.TemporaryDirectory(prefix="seats-cluster-") as root:
+        cluster = LocalCluster()
+        try:
+            for index in range(6):
+                directory = Path(root) / f"node{index}"
+                directory.mkdir()
+                node = ClusterNode(free_cluster_port(), directory)
+                node.start()
+                cluster.nodes.append(node)
+            subprocess.run(
+                ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in cluster.nodes],
+                 "--cluster-replicas", "1", "--cluster-yes"],
+                check=True, capture_output=True, timeout=60,
+            )
+            cluster.wait_ok()
+            yield cluster
+        finally:
+            cluster.stop()
