@@ -3,23 +3,34 @@
 -- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
 -- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
 -- this long from now (ms)
+-- A lapsed order is expired first. Every seat must still be this order's (a key that vanished, by
+-- data loss, is taken again): a seat another order holds or bought is never overwritten.
 -- Returns {'OK', order} (state PAYING, paymentStatus trying) or {'EXPIRED', order}.
--- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, NO_SEATS.
+-- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, NO_SEATS, CONFLICT <seat>:<held|confirmed>,...
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if order.state == 'PAYING' then return fail('PAYING') end
 local stale = check_expected_seats(order)
 if stale then return stale end
-if order.seats == '' or #KEYS < 5 then return fail('NO_SEATS') end
 
 local now = now_ms()
 if hold_expired(order, now) then
   expire_now(EXPIRED_MESSAGE)
   return order_reply('EXPIRED')
 end
+if order.state == 'PAYING' then return fail('PAYING') end
+if order.seats == '' or #KEYS < 5 then return fail('NO_SEATS') end
 
 local order_id = ARGV[4]
+local lost = {}
+for i = 5, #KEYS do
+  local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+  if kind and (kind ~= 'H' or owner ~= order_id) then
+    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. (kind == 'C' and 'confirmed' or 'held')
+  end
+end
+if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+
 local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
 local changes = {}
 for i = 5, #KEYS do

@@ -7,28 +7,31 @@
 -- All-or-nothing: either every new seat is held by this order until one new deadline (kept seats
 -- included) and dropped seats are released, or nothing changes.
 -- Returns {'OK', order} or {'EXPIRED', order} when the order's hold had already run out.
--- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, LAYOUT, HOLD_LIMIT,
---         CONFLICT <seat>:<held|confirmed>,...
+-- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, LAYOUT, CONFLICT <seat>:<held|confirmed>,...,
+--         KEYS_MISMATCH <key> (KEYS[5..] and the csv disagree: a caller's bug)
+-- A lapsed order is expired first, whatever else the request asks (PAYING included).
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if order.state == 'PAYING' then return fail('PAYING') end
 local stale = check_expected_seats(order)
 if stale then return stale end
 if redis.call('HGET', KEYS[1], 'layoutRev') ~= ARGV[10] then return fail('LAYOUT') end
+local wanted_ids = split_csv(ARGV[12])
+local bad_keys = check_seat_keys(order.seats, wanted_ids)
+if bad_keys then return bad_keys end
 
 local now = now_ms()
 if hold_expired(order, now) then
   expire_now(EXPIRED_MESSAGE)
   return order_reply('EXPIRED')
 end
+if order.state == 'PAYING' then return fail('PAYING') end
 
+-- The cap needs no refusal of its own: an order whose hold is still running is before its cap.
 local first_hold = tonumber(order.firstHoldAt) or now
 local deadline = math.min(now + tonumber(ARGV[8]), first_hold + tonumber(ARGV[9]))
-if deadline <= now then return fail('HOLD_LIMIT') end
 
 local order_id = ARGV[4]
-local wanted_ids = split_csv(ARGV[12])
 local wanted = {}
 for _, id in ipairs(wanted_ids) do wanted[id] = true end
 

@@ -18,14 +18,21 @@ key                                type    contents
 ``seats:{F}:changes``              stream  the last ``SEATS_CHANGE_LOG_LENGTH`` changes, id =
                                            ``<version>-1``
 ``seats:{F}:events``               pubsub  the same changes, live (a channel, not a key)
-``seats:gateway:{paymentId}:{n}``  string  the simulated gateway's idempotency record
+``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
+{paymentId}:{n}``                          key: outcome (success | declined | void), message,
+                                           ref (order id), refunded (0/1), at (ms)
+``seats:gateway:{gateway}:books``  hash    the gateway's books: charged, refunded (counts)
 =================================  ======  ===================================================
+
+The gateway's keys share the hash tag ``{gateway}``: a charge writes its record and counts it in
+the books in one script (one Redis Cluster slot for the whole simulated gateway).
 """
 
 from __future__ import annotations
 
 CATALOG = "seats:catalog"
-GATEWAY_CHARGES = "seats:gateway:charges"
+GATEWAY_BOOKS = "seats:gateway:{gateway}:books"
+GATEWAY_RECORDS = "seats:gateway:{gateway}:charge:*"  # a SCAN pattern (reconciliation tools)
 EVENTS_PATTERN = "seats:{*}:events"
 
 
@@ -70,5 +77,5 @@ def flight_of_channel(channel: str) -> str:
 
 
 def gateway_charge(idempotency_key: str) -> str:
-    """The simulated gateway's record of one charge attempt."""
-    return f"seats:gateway:{idempotency_key}"
+    """The simulated gateway's record of one idempotency key (one payment attempt)."""
+    return f"seats:gateway:{{gateway}}:charge:{idempotency_key}"

@@ -10,6 +10,7 @@ lastError, confirmationId, version, createdAt, updatedAt.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import secrets
@@ -176,6 +177,7 @@ class OrderStore:
         self._flight_of = BoundedCache(100_000)
         self._hold_ms = int(settings.hold_seconds * 1000)
         self._max_hold_ms = int(settings.max_hold_seconds * 1000)
+        self._claim_ms = int(settings.order_claim_seconds * 1000)
 
     async def create(self, flight_id: str, order_id: str | None) -> CreatedOrder:
         """Create a PENDING order; the token is returned once and stored only as a hash."""
@@ -184,9 +186,10 @@ class OrderStore:
             order_id = uuid.uuid4().hex
         check_order_id(order_id)
         await self._flights.layout(flight_id)
-        claimed = await store_call(
-            self._redis.set(keys.order_flight(order_id), flight_id, nx=True, px=self._ttl_ms())
-        )
+        # The id is claimed on a short lease, made permanent once the order exists: a failure in
+        # between (503, a dying process) frees the id within SEATS_ORDER_CLAIM_SECONDS.
+        claim_key = keys.order_flight(order_id)
+        claimed = await store_call(self._redis.set(claim_key, flight_id, nx=True, px=self._claim_ms))
         if not claimed:
             raise errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id})
         token = secrets.token_urlsafe(16)
@@ -195,9 +198,15 @@ class OrderStore:
                 "create_order", flight_id, order_id, hash_token(token),
                 [self._settings.payment_attempts, self._ttl_ms()],
             )
+            await store_call(self._redis.pexpire(claim_key, self._ttl_ms()))
         except Refusal as refusal:
-            await store_call(self._redis.delete(keys.order_flight(order_id)))
+            await store_call(self._redis.delete(claim_key))
             raise refusal_error(refusal, order_id) from None
+        except errors.StoreUnavailable:
+            # The client gets a 503 and never sees the token: free the id now if Redis lets us.
+            with contextlib.suppress(errors.StoreUnavailable):
+                await store_call(self._redis.delete(claim_key))
+            raise
         assert result.order is not None
         self._flight_of.put(order_id, flight_id)
         return CreatedOrder(**{f: getattr(result.order, f) for f in result.order.__struct_fields__}, token=token)
@@ -263,14 +272,17 @@ class OrderStore:
         return order
 
     async def cancel(self, order_id: str, token: str) -> Order:
-        """Cancel the order and release its seats at once."""
+        """Cancel the order and release its seats at once.
+
+        Raises OrderClosed (409 ``order_closed``) when the order is terminal, or when its hold had
+        lapsed: the order is then EXPIRED, as a read shows it (spec §11).
+        """
         flight_id = await self.flight_of(order_id)
         try:
             result = await self._scripts.run("cancel_order", flight_id, order_id, hash_token(token))
         except Refusal as refusal:
             raise refusal_error(refusal, order_id) from None
-        assert result.order is not None
-        return result.order
+        return self._expect_open(result)
 
     async def token_matches(self, flight_id: str, order_id: str, token: str) -> bool:
         """Whether ``token`` belongs to the order (false for unknown orders)."""
@@ -334,17 +346,17 @@ def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:
             f"Order {order_id} is paying; wait for the payment to finish.", {"orderId": order_id}
         ),
         "NO_SEATS": errors.NoSeatsHeld(f"Order {order_id} holds no seats to pay for.", {"orderId": order_id}),
-        "HOLD_LIMIT": errors.HoldLimitReached(
-            f"Order {order_id} has reached the maximum hold time and cannot be refreshed.", {"orderId": order_id}
-        ),
         "FLIGHT_NOT_FOUND": errors.FlightNotFound(f"Flight {detail} does not exist.", {"flightId": detail}),
         "ORDER_EXISTS": errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id}),
     }
     if code in simple:
         return simple[code]
-    return errors.SeatsError(f"Unexpected refusal {code}.", {"code": code})
+    # A code the scripts may answer but no client request can cause (KEYS_MISMATCH, a new code
+    # mapped nowhere): the service's bug, never the client's, so 500 rather than a 4xx.
+    return errors.InternalError(f"Unexpected refusal {code} from a script.", {"code": code})
 
 
 def is_terminal(order: Order) -> bool:
-    """Whether the order can no longer change."""
-    return order.state in TERMINAL_STATES
+    """Whether the order can no longer change: a terminal state with its payment settled (an order
+    whose charge is being refunded, paymentStatus ``refunding``, still changes once more)."""
+    return order.state in TERMINAL_STATES and order.payment_status != "refunding"

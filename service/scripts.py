@@ -30,6 +30,10 @@ SCRIPT_NAMES = (
     "expire_order",
     "due_orders",
     "put_flight",
+    "settle_payment",
+    "gateway_charge",
+    "gateway_lookup",
+    "gateway_refund",
 )
 
 Arg = str | int | float
@@ -64,8 +68,8 @@ def load_sources() -> dict[str, str]:
 
 # The codes our scripts refuse with (``fail(...)`` in lua/); any other error reply is Redis's own.
 REFUSAL_CODES = frozenset({
-    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_LIMIT", "LAYOUT", "NOT_FOUND",
-    "NO_SEATS", "ORDER_EXISTS", "PAYING", "STALE",
+    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "KEYS_MISMATCH", "LAYOUT", "NOT_CHARGED",
+    "NOT_FOUND", "NO_SEATS", "ORDER_EXISTS", "PAYING", "STALE",
 })
 # Redis errors that mean "the store cannot take this now" (a 503, like a lost connection).
 UNAVAILABLE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN"})

@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_max_jobs: int = 100
     worker_poll_delay_seconds: float = 0.01
     worker_metrics_port: int | None = None  # the worker's own /metrics (containers share no directory)
+    order_claim_seconds: float = 30.0  # lease on a new order id until its order exists
+    eviction_check_seconds: float = 5.0  # /readyz's maxmemory-policy reading is at most this old
 
     @property
     def queue_url(self) -> str:
@@ -102,6 +104,8 @@ _ENV_NAMES: dict[str, str] = {
     "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
     "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
     "worker_metrics_port": "SEATS_WORKER_METRICS_PORT",
+    "order_claim_seconds": "SEATS_ORDER_CLAIM_SECONDS",
+    "eviction_check_seconds": "SEATS_EVICTION_CHECK_SECONDS",
 }
 
 
@@ -138,3 +142,5 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
+    if settings.order_claim_seconds <= 0 or settings.eviction_check_seconds <= 0:
+        raise SettingsError("SEATS_ORDER_CLAIM_SECONDS and SEATS_EVICTION_CHECK_SECONDS must be positive")

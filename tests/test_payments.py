@@ -14,7 +14,7 @@ from service import keys
 from service.flights import FlightStore
 from service.models import Order
 from service.orders import OrderScripts, OrderStore
-from service.payments import SimulatedGateway, process_payment
+from service.payments import SimulatedGateway, process_payment, read_books
 from service.scripts import Scripts
 from service.settings import Settings
 from service.store import connect, connect_pipelined
@@ -43,7 +43,7 @@ class Rig:
         return dict(await self.order_scripts.redis.hgetall(keys.order("FL-001", order_id)))
 
     async def charges(self) -> int:
-        return int(await self.order_scripts.redis.get(keys.GATEWAY_CHARGES) or 0)
+        return (await read_books(self.order_scripts.redis)).charged
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def make_rig(make_settings: Callable[..., Settings]) -> AsyncIterator[Call
             enqueued.append(payment_id)
 
         store = OrderStore(order_scripts, flights, settings, enqueue)
-        return Rig(settings, store, order_scripts, SimulatedGateway(pipelined, settings), enqueued)
+        return Rig(settings, store, order_scripts, SimulatedGateway(scripts, settings), enqueued)
 
     yield make
     for client in clients:

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 
 from service import errors
 from service.events import EventBroker
+from service.eviction import EvictionPolicy
 from service.flights import FlightStore
 from service.models import CreateOrderRequest, PaymentRequest, PutFlightRequest, SelectSeatsRequest
 from service.orders import OrderStore
@@ -36,6 +37,7 @@ class Services:
     flights: FlightStore
     orders: OrderStore
     events: EventBroker | None = None  # live updates (SSE); started last, stopped first
+    eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
 
 
 ServicesDep = NamedDependency[Services]
