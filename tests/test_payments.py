@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio
 
@@ -184,7 +185,7 @@ async def test_write_pause_mid_attempt_lands_late_and_is_found(make_rig: Callabl
     rig: Rig = await make_rig(payment_failure_rate=0.0, payment_timeout_seconds=0.3,  # type: ignore[misc]
                               payment_latency_seconds=0.25, payment_backoff_seconds=0.05)
     admin = redis.asyncio.Redis.from_url(redis_url)
-    rng = random.Random(10)  # noqa: S311 - reproducible pause moments
+    rng = random.Random(10)  # reproducible pause moments
 
     async def pause_writes() -> None:
         await asyncio.sleep(rng.uniform(0.12, 0.24))
@@ -208,7 +209,7 @@ async def test_a_cancelled_charge_took_effect_completely_or_not_at_all(make_rig:
     """Charge calls cancelled at 60 random moments: each key then has a counted charge or none, so the
     books equal the charges on record (the record and the count are one step)."""
     rig: Rig = await make_rig()  # type: ignore[misc]
-    rng = random.Random(3)  # noqa: S311 - reproducible cancellation moments
+    rng = random.Random(3)  # reproducible cancellation moments
     for index in range(60):
         call = asyncio.create_task(rig.gateway.charge(f"cut:{index}", "order"))
         await asyncio.sleep(rng.uniform(0, 0.003))
@@ -275,8 +276,8 @@ async def test_rerun_resumes_from_the_gateways_records(make_rig: Callable[..., o
     takes attempt 1's recorded decline without a new decision, then pays with attempt 2."""
     rig: Rig = await make_rig()  # type: ignore[misc]  # this gateway accepts everything
     _, payment_id = await rig.paying_order("resume", ["3C"])
-    declining = SimulatedGateway(rig.order_scripts.scripts, rig.settings, random.Random(0))
-    declining._failure_rate = 1.0  # the dead worker's gateway call declined  # noqa: SLF001
+    declining = SimulatedGateway(rig.order_scripts.scripts, msgspec.structs.replace(rig.settings, payment_failure_rate=1.0))
+    # the dead worker's gateway call declined
     assert (await declining.charge(attempt_key(payment_id, 1), "resume")).outcome == "declined"
     assert await rig.run_job("resume", payment_id) == "CONFIRMED"
     fields = await rig.fields("resume")

@@ -172,7 +172,7 @@ def test_store_failure_after_claiming_an_order_id_frees_it(make_client: Callable
     monkeypatch.setattr(services.scripts, "run", create_fails)
     body = {"flightId": "FL-001", "orderId": "claimed-1"}
     assert client.post("/orders", json=body).status_code == 503
-    orders_redis = services.orders._redis  # noqa: SLF001 - the store's own client, to fail its DEL
+    orders_redis = services.orders._redis  # the store's own client, to fail its DEL
 
     async def delete_fails(*_: Any) -> int:
         raise RedisConnectionError("Redis went away")
