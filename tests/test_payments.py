@@ -276,8 +276,8 @@ async def test_rerun_resumes_from_the_gateways_records(make_rig: Callable[..., o
     takes attempt 1's recorded decline without a new decision, then pays with attempt 2."""
     rig: Rig = await make_rig()  # type: ignore[misc]  # this gateway accepts everything
     _, payment_id = await rig.paying_order("resume", ["3C"])
-    declining = SimulatedGateway(rig.order_scripts.scripts, msgspec.structs.replace(rig.settings, payment_failure_rate=1.0))
-    # the dead worker's gateway call declined
+    always_declines = msgspec.structs.replace(rig.settings, payment_failure_rate=1.0)
+    declining = SimulatedGateway(rig.order_scripts.scripts, always_declines)  # the dead worker's gateway call
     assert (await declining.charge(attempt_key(payment_id, 1), "resume")).outcome == "declined"
     assert await rig.run_job("resume", payment_id) == "CONFIRMED"
     fields = await rig.fields("resume")
