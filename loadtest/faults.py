@@ -65,6 +65,7 @@ POPULAR = 8  # the front seats half the buyers want: overlapping selections
 ROTATE_SOLD_SHARE = 0.7  # a new flight opens once this share of seats was seen sold
 ROTATE_CONFLICTS = 25  # ... or after this many refused holds in a row
 POLL_SECONDS = 0.25
+RETRY_PAUSE_SECONDS = 0.2
 REQUEST_TIMEOUT_SECONDS = 5.0
 READY_TIMEOUT_SECONDS = 30.0
 
@@ -295,8 +296,9 @@ async def session(run: Run, process: int, order_id: str, settle_until: float) ->
     path = f"/orders/{order_id}"
     created = await run.op(process, "create", flight, order_id, "POST", "/orders",
                            body={"flightId": flight, "orderId": order_id})
-    if created.status != 201:
-        return  # an unknown outcome leaves at most a PENDING order nobody holds a token for
+    if created.status != 201:  # an unknown outcome leaves at most a PENDING order nobody holds a token for
+        await asyncio.sleep(RETRY_PAUSE_SECONDS)  # as a client would before trying again
+        return
     token = created.json()["token"]
 
     async def call(f: str, method: str, suffix: str = "", body: object = None) -> Reply:
