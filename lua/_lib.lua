@@ -3,13 +3,14 @@
 -- Conventions shared by the order scripts (create_order, hold_seats, cancel_order,
 -- begin_payment, mark_trying, record_attempt, expire_order):
 --   KEYS[1] flight hash   KEYS[2] change log stream   KEYS[3] deadline zset   KEYS[4] order hash
---   KEYS[5..] seat keys (the order's current seats first, then any new ones)
+--   KEYS[FIRST_SEAT..] seat keys (the order's current seats first, then any new ones)
 --   ARGV[1] flight pub/sub channel   ARGV[2] change-log length   ARGV[3] flight id
 --   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
 --   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
 --   ARGV[7] how long a terminal order stays readable (ms)
 -- Every refusal is raised before the first write: Redis does not roll back a failed script.
 
+local FIRST_SEAT = 5
 local TERMINAL = {CONFIRMED = true, FAILED = true, EXPIRED = true, CANCELLED = true}
 
 local function now_ms()
@@ -144,7 +145,7 @@ end
 
 -- Ends an order whose hold deadline passed: its seats go back on sale, the order is EXPIRED.
 local function expire_now(message)
-  local changes = release_seats(5, {})
+  local changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], ARGV[4])
   save_order(owe_settlement({'state', 'EXPIRED', 'lastError', message}), tonumber(ARGV[7]))
   announce_seats(changes)
@@ -153,9 +154,9 @@ end
 
 local EXPIRED_MESSAGE = 'The hold expired before a successful payment; the seats were released.'
 
--- KEYS[5..] must name exactly the order's current seats and the wanted ones, each once, all of this
--- flight: a caller that got them out of step with the csv would otherwise sell seats the order does
--- not list, or leave dropped seats held. A caller's bug, so its code maps to a 500.
+-- KEYS[FIRST_SEAT..] must name exactly the order's current seats and the wanted ones, each once, all
+-- of this flight: a caller that got them out of step with the csv would otherwise sell seats the
+-- order does not list, or leave dropped seats held. A caller's bug, so its code maps to a 500.
 local function check_seat_keys(current_csv, wanted_ids)
   local expected = {}
   for _, id in ipairs(split_csv(current_csv)) do expected[id] = true end
@@ -164,7 +165,7 @@ local function check_seat_keys(current_csv, wanted_ids)
     expected[id] = 'wanted'
   end
   local prefix = string.sub(KEYS[1], 1, -7) .. 'seat:'  -- 'seats:{F}:flight' -> 'seats:{F}:seat:'
-  for i = 5, #KEYS do
+  for i = FIRST_SEAT, #KEYS do
     local id = seat_id_of(KEYS[i])
     if not expected[id] or KEYS[i] ~= prefix .. id then return fail('KEYS_MISMATCH', KEYS[i]) end
     expected[id] = nil

@@ -1,6 +1,6 @@
 -- begin_payment.lua: starts a payment submission and extends the holds so they cannot lapse
 -- while the attempts run.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[FIRST_SEAT..] the order's seat keys.
 -- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
 -- this long from now (ms)
 -- A lapsed order is expired first. Every seat must still be this order's (a key that vanished, by
@@ -19,11 +19,11 @@ if hold_expired(order, now) then
   return order_reply('EXPIRED')
 end
 if order.state == 'PAYING' then return fail('PAYING') end
-if order.seats == '' or #KEYS < 5 then return fail('NO_SEATS') end
+if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
 
 local order_id = ARGV[4]
 local lost = {}
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
   if kind and (kind ~= 'H' or owner ~= order_id) then
     lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. (kind == 'C' and 'confirmed' or 'held')
@@ -33,7 +33,7 @@ if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
 
 local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
 local changes = {}
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
   changes[id] = {status = 'held', expiresAt = deadline, o = order_id}

@@ -1,5 +1,5 @@
 -- cancel_order.lua: cancels an order and releases its seats at once.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] the order's seat keys.
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[FIRST_SEAT..] the order's seat keys.
 -- An order whose hold already lapsed is expired instead, as a read would show it (spec §11).
 -- Returns {'OK', order} or {'EXPIRED', order}.
 -- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>.
@@ -14,7 +14,7 @@ if hold_expired(order, now_ms()) then
 end
 if order.state == 'PAYING' then return fail('PAYING') end
 
-local changes = release_seats(5, {})
+local changes = release_seats(FIRST_SEAT, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
 save_order({'state', 'CANCELLED'}, tonumber(ARGV[7]))
 return order_reply('OK', announce_seats(changes))

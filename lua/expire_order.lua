@@ -1,5 +1,5 @@
 -- expire_order.lua: the sweeper's step for one order whose deadline is due.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[5..] the
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[FIRST_SEAT..] the
 --   order's seat keys.
 -- A SEATS_SELECTED or PAYING order past its deadline becomes EXPIRED; a FAILED order keeps its
 -- state and releases its seats. Either way it leaves the deadline index.
@@ -22,7 +22,7 @@ if order.state == 'SEATS_SELECTED' or order.state == 'PAYING' then
   expire_now(EXPIRED_MESSAGE)
   return order_reply('EXPIRED')
 end
-local changes = release_seats(5, {})
+local changes = release_seats(FIRST_SEAT, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
 local flight_version = announce_seats(changes)
 if order.state == 'FAILED' then return order_reply('RELEASED', flight_version) end

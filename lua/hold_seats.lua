@@ -1,5 +1,5 @@
 -- hold_seats.lua: atomically swaps an order's selection for a new set of seats.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5..] are the current seats'
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[FIRST_SEAT..] are the current seats'
 --   keys followed by the keys of the new seats that are not current.
 -- ARGV[8] hold duration (ms)   ARGV[9] max hold from the first hold (ms)
 -- ARGV[10] layout revision the seat ids were validated against   ARGV[11] order TTL (ms)
@@ -8,7 +8,7 @@
 -- included) and dropped seats are released, or nothing changes.
 -- Returns {'OK', order} or {'EXPIRED', order} when the order's hold had already run out.
 -- Errors: NOT_FOUND, CLOSED <state>, PAYING, STALE <seats>, LAYOUT, CONFLICT <seat>:<held|confirmed>,...,
---         KEYS_MISMATCH <key> (KEYS[5..] and the csv disagree: a caller's bug)
+--         KEYS_MISMATCH <key> (KEYS[FIRST_SEAT..] and the csv disagree: a caller's bug)
 -- A lapsed order is expired first, whatever else the request asks (PAYING included).
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
@@ -36,7 +36,7 @@ local wanted = {}
 for _, id in ipairs(wanted_ids) do wanted[id] = true end
 
 local conflicts = {}
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
@@ -49,7 +49,7 @@ if #conflicts > 0 then return fail('CONFLICT', table.concat(conflicts, ',')) end
 
 local changes = {}
 local held_value = 'H|' .. order_id .. '|' .. deadline
-for i = 5, #KEYS do
+for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
     redis.call('SET', KEYS[i], held_value, 'PXAT', deadline)

@@ -1,5 +1,5 @@
 -- record_attempt.lua: records the outcome of one payment attempt, exactly once.
--- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[5..] the
+-- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[FIRST_SEAT..] the
 --   order's seat keys.
 -- ARGV[8] payment id   ARGV[9] attemptsLeft the attempt started with (compare-and-set: a
 -- duplicate job run records nothing)   ARGV[10] outcome: success | declined | timeout
@@ -32,7 +32,7 @@ if hold_expired(order, now) then
   return order_reply(success and 'LATE' or 'EXPIRED')
 end
 if success then
-  for i = 5, #KEYS do
+  for i = FIRST_SEAT, #KEYS do
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
     if kind ~= 'H' or owner ~= order_id then
       expire_now(LATE_MESSAGE)
@@ -40,11 +40,11 @@ if success then
     end
   end
   local changes = {}
-  for i = 5, #KEYS do
+  for i = FIRST_SEAT, #KEYS do
     redis.call('SET', KEYS[i], 'C|' .. order_id)
     changes[seat_id_of(KEYS[i])] = {status = 'confirmed', o = order_id}
   end
-  redis.call('HINCRBY', KEYS[1], 'sold', #KEYS - 4)
+  redis.call('HINCRBY', KEYS[1], 'sold', #KEYS - FIRST_SEAT + 1)
   redis.call('ZREM', KEYS[3], order_id)
   save_order({'state', 'CONFIRMED', 'paymentStatus', 'success', 'lastError', '',
               'confirmationId', ARGV[12]}, retention)
@@ -60,7 +60,7 @@ end
 local message = 'Payment failed after ' .. ARGV[14] .. ' attempts: ' .. ARGV[11]
 local changes = {}
 if ARGV[13] == 'immediate' then
-  changes = release_seats(5, {})
+  changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], order_id)
 end
 save_order({'state', 'FAILED', 'attemptsLeft', 0, 'paymentStatus', 'failed',
