@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from loadtest.scenarios import Context, Phase
 
-SCENARIO_NAMES = ("hold", "contended", "full", "read", "pay")
+SCENARIO_NAMES = ("hold", "contended", "full", "read", "pay", "faults")
 SPAWN_DEFAULTS = {
     "SEATS_HOLD_SECONDS": "10",  # short holds: expiry happens inside a run
     "SEATS_PAYMENT_LATENCY_SECONDS": "0.05",
@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start a private redis-server, seats api and seats worker (see --env)")
     target.add_argument("--url", help="a running service, e.g. http://127.0.0.1:8080 (127.0.0.1 only)")
     parser.add_argument("--scenario", action="append", choices=SCENARIO_NAMES,
-                        help="hold | contended | full | read | pay; repeatable (default: hold)")
+                        help="hold | contended | full | read | pay | faults (alone, with --spawn: buyers and "
+                             "payments under injected faults, a recorded history, a checker); repeatable "
+                             "(default: hold)")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds per phase (default 10)")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each phase (default 2)")
     pacing = parser.add_mutually_exclusive_group()
@@ -89,6 +91,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         raise SystemExit(128 + signum)  # unwinds the context managers: every spawned process is stopped
 
     signal.signal(signal.SIGTERM, stop)
+    if "faults" in (args.scenario or []):
+        return _run_fault_run(args)
     try:
         if args.url:
             check_local(args.url)
@@ -101,6 +105,29 @@ def run_from_args(args: argparse.Namespace) -> int:
         write_json(report, args.report)
         print(f"report written to {args.report}")
     return EXIT_OK if report["invariants"].get("ok") is not False else EXIT_VIOLATION
+
+
+def _run_fault_run(args: argparse.Namespace) -> int:
+    """``--scenario faults``: its own system (it kills it), history and checker (``loadtest.faults``)."""
+    import asyncio
+    from pathlib import Path
+
+    from loadtest.faults import FaultConfig, run_faults, table
+    from loadtest.report import write_json
+
+    if not args.spawn or args.scenario != ["faults"]:
+        print("seats loadtest: the faults scenario runs alone and needs --spawn (it kills what it starts)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    overrides = dict(item.partition("=")[::2] for item in args.env)
+    config = FaultConfig(duration=args.duration, buyers=args.users or 16, seed=args.seed, env=overrides)
+    history = Path(args.report).with_suffix(".history.jsonl") if args.report else None
+    result = asyncio.run(run_faults(config, history_path=history))
+    print(table(result), flush=True)
+    if args.report:
+        write_json(result, args.report)
+        print(f"report written to {args.report}" + (f", history to {history}" if history else ""))
+    return EXIT_OK if result["violations"] == 0 else EXIT_VIOLATION
 
 
 def _run_sync(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:

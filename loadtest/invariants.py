@@ -54,7 +54,8 @@ def seat_ids(rows: int, columns: str) -> list[str]:
     return [f"{row}{col}" for row in range(1, rows + 1) for col in columns]
 
 
-async def _read_seats(client: aioredis.Redis, flight_id: str, ids: list[str]) -> dict[str, str]:
+async def read_seats(client: aioredis.Redis, flight_id: str, ids: list[str]) -> dict[str, str]:
+    """Seat id -> value of every held or sold seat among ``ids``."""
     values: dict[str, str] = {}
     for first in range(0, len(ids), CHUNK):
         chunk = ids[first : first + CHUNK]
@@ -64,7 +65,8 @@ async def _read_seats(client: aioredis.Redis, flight_id: str, ids: list[str]) ->
     return values
 
 
-async def _read_orders(client: aioredis.Redis, flight_id: str) -> dict[str, dict[str, str]]:
+async def read_orders(client: aioredis.Redis, flight_id: str) -> dict[str, dict[str, str]]:
+    """Order id -> order hash of every order of the flight."""
     names = [name async for name in client.scan_iter(match=keys.order(flight_id, "*"), count=2000)]
     orders: dict[str, dict[str, str]] = {}
     for first in range(0, len(names), CHUNK):
@@ -77,7 +79,8 @@ async def _read_orders(client: aioredis.Redis, flight_id: str) -> dict[str, dict
     return orders
 
 
-async def _now_ms(client: aioredis.Redis) -> int:
+async def redis_ms(client: aioredis.Redis) -> int:
+    """Redis's clock (the service's one clock) in ms."""
     seconds, micros = await client.time()
     return int(seconds) * 1000 + int(micros) // 1000
 
@@ -155,10 +158,10 @@ async def check_flight(client: aioredis.Redis, api: Client, flight_id: str, repo
     report.checked["seats"] += len(ids)
     # The map must match a recount taken around it; retry when a hold lapsed in between.
     for _ in range(5):
-        before = recount(await _read_seats(client, flight_id, ids), len(ids), await _now_ms(client))
+        before = recount(await read_seats(client, flight_id, ids), len(ids), await redis_ms(client))
         reply = await api.call(None, "GET", f"/flights/{flight_id}/seats")
-        now = await _now_ms(client)  # read before the keys: any hold they still show outlives it
-        values = await _read_seats(client, flight_id, ids)
+        now = await redis_ms(client)  # read before the keys: any hold they still show outlives it
+        values = await read_seats(client, flight_id, ids)
         after = recount(values, len(ids), now)
         if before == after:
             break
@@ -171,7 +174,7 @@ async def check_flight(client: aioredis.Redis, api: Client, flight_id: str, repo
             report.violations.append(f"{flight_id}: the seat map shows {dict(shown)}, a recount {dict(after)}")
     if int(meta.get("sold", 0)) != after["confirmed"]:
         report.violations.append(f"{flight_id}: sold counter {meta.get('sold', 0)} but {after['confirmed']} seats sold")
-    check_ownership(flight_id, values, await _read_orders(client, flight_id), now, report)
+    check_ownership(flight_id, values, await read_orders(client, flight_id), now, report)
 
 
 async def _quiet(client: aioredis.Redis, flight_ids: list[str], timeout: float) -> int:
@@ -180,7 +183,7 @@ async def _quiet(client: aioredis.Redis, flight_ids: list[str], timeout: float) 
     while True:
         paying = 0
         for flight_id in flight_ids:
-            paying += sum(1 for o in (await _read_orders(client, flight_id)).values() if o.get("state") == "PAYING")
+            paying += sum(1 for o in (await read_orders(client, flight_id)).values() if o.get("state") == "PAYING")
         if not paying or time.monotonic() > deadline:
             return paying
         await asyncio.sleep(0.25)

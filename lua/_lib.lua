@@ -150,11 +150,23 @@ local function hold_expired(order, now)
   return deadline ~= nil and deadline <= now
 end
 
+-- A PAYING order that ends without a confirmation may have been charged (an attempt whose answer
+-- never came, a success that came too late): it owes a settlement. Its paymentStatus becomes
+-- 'refunding' and it stays in the deadline index, due now, so the sweeper settles it
+-- (service/payments.py settle_payment) if the payment job does not. Appends to `fields`.
+local function owe_settlement(fields, now)
+  if redis.call('HGET', KEYS[4], 'state') ~= 'PAYING' then return fields end
+  redis.call('ZADD', KEYS[3], now or now_ms(), ARGV[4])
+  fields[#fields + 1] = 'paymentStatus'
+  fields[#fields + 1] = 'refunding'
+  return fields
+end
+
 -- Ends an order whose hold deadline passed: its seats go back on sale, the order is EXPIRED.
 local function expire_now(message)
   local changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], ARGV[4])
-  save_order({'state', 'EXPIRED', 'lastError', message}, tonumber(ARGV[7]))
+  save_order(owe_settlement({'state', 'EXPIRED', 'lastError', message}), tonumber(ARGV[7]))
   announce_seats(changes)
   return changes
 end
@@ -280,4 +292,26 @@ local function remember(spec, flat)
   local record = {f = spec.fingerprint, s = spec.status, o = flat}
   if spec.salt ~= '' then record.k = spec.salt end
   redis.call('SET', KEYS[6], cjson.encode(record), 'PX', spec.ttl)
+end
+
+
+-- KEYS[FIRST_SEAT..] must name exactly the order's current seats and the wanted ones, each once, all
+-- of this flight: a caller that got them out of step with the csv would otherwise sell seats the
+-- order does not list, or leave dropped seats held. A caller's bug, so its code maps to a 500.
+local function check_seat_keys(current_csv, wanted_ids)
+  local expected = {}
+  for _, id in ipairs(split_csv(current_csv)) do expected[id] = true end
+  for _, id in ipairs(wanted_ids) do
+    if expected[id] == 'wanted' then return fail('KEYS_MISMATCH', 'duplicate ' .. id) end
+    expected[id] = 'wanted'
+  end
+  local prefix = string.sub(KEYS[1], 1, -7) .. 'seat:'  -- 'seats:{F}:flight' -> 'seats:{F}:seat:'
+  for i = FIRST_SEAT, #KEYS do
+    local id = seat_id_of(KEYS[i])
+    if not expected[id] or KEYS[i] ~= prefix .. id then return fail('KEYS_MISMATCH', KEYS[i]) end
+    expected[id] = nil
+  end
+  local missing = next(expected)
+  if missing then return fail('KEYS_MISMATCH', 'no key for ' .. missing) end
+  return nil
 end

@@ -4,10 +4,13 @@
 --   Idempotency-Key record, KEYS[FIRST_SEAT..] the order's seat keys.
 -- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
 -- this long from now (ms)   ARGV[10..11] controls and idempotency (_lib.lua)
+-- A lapsed order is expired first. Every seat must still be this order's (a key that vanished, by
+-- data loss, is taken again): a seat another order holds or bought is never overwritten.
 -- Returns {'OK', order, flight version, rate} (state PAYING, paymentStatus trying), {'EXPIRED', order}
 -- or {'REPLAY', idempotency record}.
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
---         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, NO_SEATS.
+--         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, NO_SEATS,
+--         CONFLICT <seat>:<held|confirmed>,...
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
 local refused = check_subject(order) or check_expected_seats(order)
@@ -19,15 +22,23 @@ local now = now_ms()
 local limited = take_token(controls(), now)
 if limited then return limited end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if order.state == 'PAYING' then return fail('PAYING') end
-if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
-
 if hold_expired(order, now) then
   expire_now(expired_message(order))
   return order_reply('EXPIRED')
 end
+if order.state == 'PAYING' then return fail('PAYING') end
+if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
 
 local order_id = ARGV[4]
+local lost = {}
+for i = FIRST_SEAT, #KEYS do
+  local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+  if kind and (kind ~= 'H' or owner ~= order_id) then
+    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. (kind == 'C' and 'confirmed' or 'held')
+  end
+end
+if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+
 local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
 local changes = {}
 for i = FIRST_SEAT, #KEYS do

@@ -4,13 +4,16 @@
 -- A SEATS_SELECTED or PAYING order past its deadline, or a PENDING order past its pendingUntil (it
 -- never held a seat), becomes EXPIRED; a FAILED order keeps its state and releases its seats. Either
 -- way it leaves the deadline index.
--- Returns {'EXPIRED'|'RELEASED'|'DONE'|'NOT_DUE'|'GONE', order}.
+-- An order that owes a settlement (paymentStatus 'refunding', see owe_settlement) is left as it is
+-- and answered SETTLE: the caller settles its payment (service/payments.py settle_payment).
+-- Returns {'EXPIRED'|'RELEASED'|'DONE'|'SETTLE'|'NOT_DUE'|'GONE', order}.
 -- Errors: STALE <seats>.
 local order = load_order(KEYS[4], ARGV[5])
 if not order then
   redis.call('ZREM', KEYS[3], ARGV[4])
   return {'GONE', {}}
 end
+if order.paymentStatus == 'refunding' then return order_reply('SETTLE') end
 local stale = check_expected_seats(order)
 if stale then return stale end
 local now = now_ms()

@@ -11,14 +11,19 @@
 -- holds on the flight (FAILED orders' kept seats included) stay within its cap.
 -- Returns {'OK', order, flight version, rate}, {'EXPIRED', order} when the order's time had already
 -- run out, or {'REPLAY', idempotency record}.
--- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, LAYOUT, IDEMPOTENCY_REUSED,
---         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, HOLD_LIMIT,
---         SUBJECT_LIMIT seats <limit> <current>, CONFLICT <seat>:<held|confirmed>,...
+-- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, LAYOUT, KEYS_MISMATCH <key> (KEYS[FIRST_SEAT..]
+--         and the csv disagree: a caller's bug), IDEMPOTENCY_REUSED, RATE_LIMITED <retry ms> <rate>
+--         <window ms>, CLOSED <state>, PAYING, SUBJECT_LIMIT seats <limit> <current>,
+--         CONFLICT <seat>:<held|confirmed>,...
+-- A lapsed order is expired first, whatever else the request asks (PAYING included).
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
 local refused = check_subject(order) or check_expected_seats(order)
 if refused then return refused end
 if redis.call('HGET', KEYS[1], 'layoutRev') ~= ARGV[10] then return fail('LAYOUT') end
+local wanted_ids = split_csv(ARGV[12])
+local bad_keys = check_seat_keys(order.seats, wanted_ids)
+if bad_keys then return bad_keys end
 local spec = idempotency()
 local replay = replayed(spec)
 if replay then return replay end
@@ -28,18 +33,17 @@ local c = controls()
 local limited = take_token(c, now)
 if limited then return limited end
 if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if order.state == 'PAYING' then return fail('PAYING') end
 if hold_expired(order, now) then
   expire_now(expired_message(order))
   return order_reply('EXPIRED')
 end
+if order.state == 'PAYING' then return fail('PAYING') end
 
+-- The cap needs no refusal of its own: an order whose hold is still running is before its cap.
 local first_hold = tonumber(order.firstHoldAt) or now
 local deadline = math.min(now + tonumber(ARGV[8]), first_hold + tonumber(ARGV[9]))
-if deadline <= now then return fail('HOLD_LIMIT') end
 
 local order_id = ARGV[4]
-local wanted_ids = split_csv(ARGV[12])
 local wanted = {}
 for _, id in ipairs(wanted_ids) do wanted[id] = true end
 

@@ -5,10 +5,14 @@
 -- duplicate job run records nothing)   ARGV[10] outcome: success | declined | timeout
 -- ARGV[11] the gateway's message   ARGV[12] confirmation id (used on success)
 -- ARGV[13] release on failure: deadline | immediate   ARGV[14] attempts per order
--- Success is fenced: it confirms only if the hold is still running and every seat is still held
--- by this order; otherwise the order EXPIRES and nothing is sold.
--- Returns {'CONFIRMED'|'LATE'|'RETRY'|'FAILED'|'NOOP', order}.
+-- The outcome must be resolved (the gateway answered, or said "no charge" under the attempt's key):
+-- FAILED therefore means nothing was charged. A lapsed order is expired first. Success is fenced:
+-- it confirms only if the hold is still running and every seat is still held by this order;
+-- otherwise the order EXPIRES, nothing is sold and the order owes a settlement (paymentStatus
+-- 'refunding', see owe_settlement): the caller refunds the charge.
+-- Returns {'CONFIRMED'|'LATE'|'EXPIRED'|'RETRY'|'FAILED'|'NOOP', order}.
 -- Errors: STALE <seats>.
+local LATE_MESSAGE = 'The payment went through after the hold had ended; it is being refunded and nothing was confirmed.'
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return {'NOOP', {}} end
 if order.state ~= 'PAYING' or order.paymentId ~= ARGV[8]
@@ -21,20 +25,19 @@ if stale then return stale end
 local now = now_ms()
 local order_id = ARGV[4]
 local retention = tonumber(ARGV[7])
+local success = ARGV[10] == 'success'
 
-if ARGV[10] == 'success' then
-  local fenced = not hold_expired(order, now)
+if hold_expired(order, now) then
+  expire_now(success and LATE_MESSAGE or EXPIRED_MESSAGE)
+  return order_reply(success and 'LATE' or 'EXPIRED')
+end
+if success then
   for i = FIRST_SEAT, #KEYS do
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
-    if kind ~= 'H' or owner ~= order_id then fenced = false end
-  end
-  if not fenced then
-    local changes = release_seats(FIRST_SEAT, {})
-    redis.call('ZREM', KEYS[3], order_id)
-    save_order({'state', 'EXPIRED', 'paymentStatus', 'failed', 'lastError',
-      'The payment completed after the hold had expired; nothing was confirmed.'}, retention)
-    announce_seats(changes)
-    return order_reply('LATE')
+    if kind ~= 'H' or owner ~= order_id then
+      expire_now(LATE_MESSAGE)
+      return order_reply('LATE')
+    end
   end
   local changes = {}
   for i = FIRST_SEAT, #KEYS do

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis.asyncio as aioredis
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from litestar import Litestar
@@ -17,6 +18,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.plugins.prometheus import PrometheusController
 
 from service import errors
+from service.api import admin as admin_routes
 from service.api import events as event_routes
 from service.api import flights as flight_routes
 from service.api import health as health_routes
@@ -26,6 +28,7 @@ from service.api.deps import Services, services_from_state
 from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
 from service.events import EventBroker
+from service.eviction import EvictionPolicy
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.metrics import RequestMetrics
@@ -50,6 +53,17 @@ def _payment_enqueuer(queue_holder: list[ArqRedis]):  # type: ignore[no-untyped-
     return enqueue
 
 
+async def _checked_eviction_policy(client: aioredis.Redis, settings: Settings) -> EvictionPolicy:
+    """Read the data Redis's maxmemory-policy at start-up and say in the log whether it is safe."""
+    eviction = EvictionPolicy(client, settings.eviction_check_seconds)
+    problem = await eviction.problem()
+    if problem:
+        log.error("%s; /readyz answers 503 until it does", problem)
+    else:
+        log.info("the data Redis runs maxmemory-policy %s: it never evicts our keys", await eviction.current())
+    return eviction
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the API for ``settings`` (read from ``SEATS_*`` when omitted)."""
     settings = settings or load_settings()
@@ -70,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                       stream_slots=StreamSlots(scripts, settings))
         await scripts.load_all()
         await flights.ensure_catalogue()
+        app.state.services.eviction = await _checked_eviction_policy(client, settings)
         events = EventBroker(settings, client, flights, orders)
         app.state.services.events = events
         await events.start()
@@ -86,6 +101,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[
             *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
+            *admin_routes.ROUTES,
             *event_routes.ROUTES,
             *ui_routes.ROUTES,
         ],

@@ -108,12 +108,6 @@ class FlightInUse(Conflict):
     code = "flight_in_use"
 
 
-class HoldLimitReached(Conflict):
-    """The order has held seats for ``SEATS_MAX_HOLD_SECONDS`` and cannot refresh again."""
-
-    code = "hold_limit_reached"
-
-
 class SubjectLimitReached(Conflict):
     """The subject (buyer or client address) holds as many seats or open orders on the flight as it may."""
 
@@ -151,3 +145,10 @@ class StoreUnavailable(SeatsError):
 
     status_code = 503
     code = "store_unavailable"
+
+
+class InternalError(SeatsError):
+    """A reply the service cannot explain (e.g. a Lua refusal code it does not know): a bug, 500."""
+
+    status_code = 500
+    code = "internal_error"

@@ -3,6 +3,9 @@
 It reads each flight's deadline index (``due_orders.lua``, Redis's clock) and runs
 ``expire_order.lua`` per due order. Keyspace notifications are not used: they are lossy and late.
 The seat keys' own TTL (PXAT = deadline) is the last line of defence when no sweeper runs.
+An order that ended unconfirmed while paying stays in the index until its payment is settled
+(``service.payments.settle_payment``, passed in as ``settle``): the sweeper finishes what a dead
+payment job left.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -20,10 +24,12 @@ from service.store import store_call
 log = logging.getLogger("seats.expiry")
 
 BATCH = 200
+Settle = Callable[[str, str], Awaitable[str]]  # (flight id, order id) -> settle_payment's status
 
 
-async def sweep_once(order_scripts: OrderScripts) -> int:
-    """Expire every due order of every flight once; returns how many orders changed."""
+async def sweep_once(order_scripts: OrderScripts, settle: Settle | None = None) -> int:
+    """Expire every due order of every flight once, settling the payments of those that owe it
+    (with ``settle``; without, they stay due); returns how many orders changed."""
     changed = 0
     flight_ids = await store_call(order_scripts.redis.smembers(keys.CATALOG))
     for flight_id in flight_ids:
@@ -35,14 +41,17 @@ async def sweep_once(order_scripts: OrderScripts) -> int:
             metrics.expiry(result.status, result.order.hold_expires_at if result.order else None, time.time())
             if result.status in ("EXPIRED", "RELEASED"):
                 changed += 1
+            refunding = result.order is not None and result.order.payment_status == "refunding"
+            if refunding and settle is not None and await settle(flight_id, order_id) == "SETTLED":
+                changed += 1
     return changed
 
 
-async def run_sweeper(order_scripts: OrderScripts, interval: float) -> None:
+async def run_sweeper(order_scripts: OrderScripts, interval: float, settle: Settle | None = None) -> None:
     """Sweep every ``interval`` seconds until cancelled; Redis errors are logged and retried."""
     while True:
         try:
-            changed = await sweep_once(order_scripts)
+            changed = await sweep_once(order_scripts, settle)
             if changed:
                 log.info("expired orders", extra={"count": changed})
         except (RedisError, errors.StoreUnavailable, OSError) as exc:

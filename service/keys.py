@@ -24,14 +24,21 @@ key                                type    contents
 ``seats:{F}:idempotency:{sha256}`` string  an Idempotency-Key's record (JSON): pending, or the
                                            first response; sha256 of subject, method, path, key
 ``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
-``seats:gateway:{paymentId}:{n}``  string  the simulated gateway's idempotency record
+``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
+{paymentId}:{n}``                          key: outcome (success | declined | void), message,
+                                           ref (order id), refunded (0/1), at (ms)
+``seats:gateway:{gateway}:books``  hash    the gateway's books: charged, refunded (counts)
 =================================  ======  ===================================================
+
+The gateway's keys share the hash tag ``{gateway}``: a charge writes its record and counts it in
+the books in one script (one Redis Cluster slot for the whole simulated gateway).
 """
 
 from __future__ import annotations
 
 CATALOG = "seats:catalog"
-GATEWAY_CHARGES = "seats:gateway:charges"
+GATEWAY_BOOKS = "seats:gateway:{gateway}:books"
+GATEWAY_RECORDS = "seats:gateway:{gateway}:charge:*"  # a SCAN pattern (reconciliation tools)
 EVENTS_PATTERN = "seats:{*}:events"
 
 
@@ -91,5 +98,5 @@ def streams(subject_id: str) -> str:
 
 
 def gateway_charge(idempotency_key: str) -> str:
-    """The simulated gateway's record of one charge attempt."""
-    return f"seats:gateway:{idempotency_key}"
+    """The simulated gateway's record of one idempotency key (one payment attempt)."""
+    return f"seats:gateway:{{gateway}}:charge:{idempotency_key}"

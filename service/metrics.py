@@ -27,6 +27,12 @@ PAYMENT_ATTEMPTS = Counter("seats_payment_attempts_total", "Payment validation a
                            ["outcome"])
 PAYMENT_RESULTS = Counter("seats_payment_results_total",
                           "Recorded attempt results (CONFIRMED, RETRY, FAILED, LATE, NOOP)", ["result"])
+PAYMENT_LOOKUPS = Counter("seats_payment_lookups_total",
+                          "Attempts whose answer did not come in time, looked up at the gateway, by what it had "
+                          "recorded (success, declined, void = no charge)", ["outcome"])
+SETTLEMENTS = Counter("seats_payment_settlements_total",
+                      "Payments of orders that ended unconfirmed, settled (refunded, or failed: nothing charged)",
+                      ["outcome"])
 EXPIRATIONS = Counter("seats_expirations_total",
                       "Holds ended by the sweeper: expired orders, and failed orders whose seats were released",
                       ["kind"])
@@ -60,6 +66,16 @@ def payment_attempt(outcome: str, result: str) -> None:
     PAYMENT_RESULTS.labels(result).inc()
     if result == "CONFIRMED":
         CONFIRMATIONS.inc()
+
+
+def payment_lookup(outcome: str) -> None:
+    """Count an attempt resolved by asking the gateway under its key (``success``/``declined``/``void``)."""
+    PAYMENT_LOOKUPS.labels(outcome).inc()
+
+
+def settlement(outcome: str) -> None:
+    """Count a settled payment of an order that ended unconfirmed (``refunded`` or ``failed``)."""
+    SETTLEMENTS.labels(outcome).inc()
 
 
 def expiry(status: str, hold_expires_at: str | None, now: float) -> None:

@@ -10,7 +10,9 @@ import msgspec
 
 OrderState = Literal["PENDING", "SEATS_SELECTED", "PAYING", "CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"]
 TERMINAL_STATES: frozenset[str] = frozenset({"CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"})
-PaymentStatus = Literal["trying", "retrying", "failed", "success"]
+# refunding: the order ended unconfirmed after a charge may have gone through; refunded: it had, and
+# the charge was refunded (service.payments.settle_payment).
+PaymentStatus = Literal["trying", "retrying", "failed", "success", "refunding", "refunded"]
 SeatStatus = Literal["available", "held", "confirmed"]
 
 
@@ -161,3 +163,10 @@ class Readiness(msgspec.Struct):
 
     ok: list[str]
     failing: dict[str, str]
+
+
+class PaymentsSummary(msgspec.Struct):
+    """``GET /admin/payments/summary``: the simulated gateway's books (charges and refunds made)."""
+
+    charged: int
+    refunded: int

@@ -258,6 +258,7 @@ class OrderStore:
         self._controls = limits.controls_spec(settings, self._ttl_ms())
         self._lease_ms = int(settings.idempotency_lease_seconds * 1000)
         self._idempotency_ms = int(settings.idempotency_seconds * 1000)
+        self._claim_ms = int(settings.order_claim_seconds * 1000)
 
     async def create(self, flight_id: str, order_id: str | None, caller: Caller) -> Written:
         """Create a PENDING order; the token is returned once and stored only as a hash.
@@ -266,7 +267,6 @@ class OrderStore:
         Idempotency* and StoreUnavailable.
         """
         check_flight_id(flight_id)
-        generated = order_id is None
         order_id = uuid.uuid4().hex if order_id is None else order_id
         check_order_id(order_id)
         await self._flights.layout(flight_id)
@@ -276,14 +276,18 @@ class OrderStore:
             return await self._create(flight_id, order_id, caller, keyed)
 
         written = await self._once(keyed, run)
-        if generated or written.order.order_id == order_id:
-            self._flight_of.put(written.order.order_id, flight_id)
+        if written.replayed:
+            # The first request may have lost its answer before it made its id claim permanent.
+            await store_call(self._redis.set(keys.order_flight(written.order.order_id), flight_id,
+                                             px=self._ttl_ms()))
+        self._flight_of.put(written.order.order_id, flight_id)
         return written
 
     async def _create(self, flight_id: str, order_id: str, caller: Caller, keyed: KeyedRequest | None) -> Written:
-        claimed = await store_call(
-            self._redis.set(keys.order_flight(order_id), flight_id, nx=True, px=self._ttl_ms())
-        )
+        # The id is claimed on a short lease, made permanent once the order exists: a failure in
+        # between (503, a dying process) frees the id within SEATS_ORDER_CLAIM_SECONDS.
+        claim_key = keys.order_flight(order_id)
+        claimed = await store_call(self._redis.set(claim_key, flight_id, nx=True, px=self._claim_ms))
         if not claimed:
             raise errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id})
         token = idempotency.derive_token(keyed.salt, keyed.key) if keyed else secrets.token_urlsafe(16)
@@ -293,11 +297,17 @@ class OrderStore:
                 [self._settings.payment_attempts, self._ttl_ms(), str(caller.subject), self._pending_ms],
                 subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls, keyed=keyed,
             )
+            await store_call(self._redis.pexpire(claim_key, self._ttl_ms()))
         except Refusal as refusal:
-            await store_call(self._redis.delete(keys.order_flight(order_id)))
+            await store_call(self._redis.delete(claim_key))
             raise refusal_error(refusal, order_id) from None
-        if result.record is not None:  # the same key's first request got there first
-            await store_call(self._redis.delete(keys.order_flight(order_id)))
+        except errors.StoreUnavailable:
+            # The client gets a 503 and never sees the token: free the id now if Redis lets us.
+            with contextlib.suppress(errors.StoreUnavailable):
+                await store_call(self._redis.delete(claim_key))
+            raise
+        if result.record is not None:  # the same key's first request got there first (create() re-indexes)
+            await store_call(self._redis.delete(claim_key))
             assert keyed is not None
             return self._replayed(result.record, keyed)
         assert result.order is not None
@@ -385,7 +395,11 @@ class OrderStore:
         return await self._once(keyed, run)
 
     async def cancel(self, order_id: str, token: str, caller: Caller) -> Written:
-        """Cancel the order and release its seats at once."""
+        """Cancel the order and release its seats at once.
+
+        Raises OrderClosed (409 ``order_closed``) when the order is terminal, or when its time had
+        run out: the order is then EXPIRED, as a read shows it (spec §11).
+        """
         flight_id = await self.flight_of(order_id)
         keyed = self._keyed(caller, flight_id, "DELETE", f"/orders/{order_id}", 200)
 
@@ -507,9 +521,6 @@ def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:
             f"Order {order_id} is paying; wait for the payment to finish.", {"orderId": order_id}
         ),
         "NO_SEATS": errors.NoSeatsHeld(f"Order {order_id} holds no seats to pay for.", {"orderId": order_id}),
-        "HOLD_LIMIT": errors.HoldLimitReached(
-            f"Order {order_id} has reached the maximum hold time and cannot be refreshed.", {"orderId": order_id}
-        ),
         "FLIGHT_NOT_FOUND": errors.FlightNotFound(f"Flight {detail} does not exist.", {"flightId": detail}),
         "ORDER_EXISTS": errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id}),
         "IDEMPOTENCY_REUSED": errors.IdempotencyKeyReused(
@@ -522,9 +533,12 @@ def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:
         return limits.subject_limit(refusal)
     if code in simple:
         return simple[code]
-    return errors.SeatsError(f"Unexpected refusal {code}.", {"code": code})
+    # A code the scripts may answer but no client request can cause (KEYS_MISMATCH, a new code
+    # mapped nowhere): the service's bug, never the client's, so 500 rather than a 4xx.
+    return errors.InternalError(f"Unexpected refusal {code} from a script.", {"code": code})
 
 
 def is_terminal(order: Order) -> bool:
-    """Whether the order can no longer change."""
-    return order.state in TERMINAL_STATES
+    """Whether the order can no longer change: a terminal state with its payment settled (an order
+    whose charge is being refunded, paymentStatus ``refunding``, still changes once more)."""
+    return order.state in TERMINAL_STATES and order.payment_status != "refunding"

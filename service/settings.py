@@ -61,6 +61,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def write_limit(self) -> tuple[int, float] | None:
         """``SEATS_RATE_LIMIT_WRITES`` as (count, window seconds); None when the limiter is off."""
         return parse_rate(self.rate_limit_writes)
+    order_claim_seconds: float = 30.0  # lease on a new order id until its order exists
+    eviction_check_seconds: float = 5.0  # /readyz's maxmemory-policy reading is at most this old
 
     @property
     def queue_url(self) -> str:
@@ -129,6 +131,8 @@ _ENV_NAMES: dict[str, str] = {
     "pending_order_seconds": "SEATS_PENDING_ORDER_SECONDS",
     "idempotency_seconds": "SEATS_IDEMPOTENCY_SECONDS",
     "idempotency_lease_seconds": "SEATS_IDEMPOTENCY_LEASE_SECONDS",
+    "order_claim_seconds": "SEATS_ORDER_CLAIM_SECONDS",
+    "eviction_check_seconds": "SEATS_EVICTION_CHECK_SECONDS",
 }
 _LIST_FIELDS = frozenset({"cors_origins", "trusted_proxies"})
 
@@ -166,6 +170,8 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
+    if settings.order_claim_seconds <= 0 or settings.eviction_check_seconds <= 0:
+        raise SettingsError("SEATS_ORDER_CLAIM_SECONDS and SEATS_EVICTION_CHECK_SECONDS must be positive")
     _check_controls(settings)
 
 

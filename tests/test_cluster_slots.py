@@ -15,13 +15,16 @@ from tests.helpers import auth, hold, new_order
 
 
 def test_key_builders_share_the_flight_tag() -> None:
-    """All per-flight keys hash to the flight's slot; different flights may differ."""
+    """All per-flight keys hash to the flight's slot; different flights may differ; the gateway's keys
+    share one slot of their own."""
     flight_keys = [
         keys.flight("FL-001"), keys.seat("FL-001", "1A"), keys.seat("FL-001", "5F"),
         keys.order("FL-001", "any-order"), keys.deadlines("FL-001"), keys.changes("FL-001"),
     ]
     assert len({key_slot(k.encode()) for k in flight_keys}) == 1
     assert key_slot(keys.flight("FL-001").encode()) != key_slot(keys.flight("FL-002").encode())
+    gateway_keys = [keys.gateway_charge("pay-1:1"), keys.gateway_charge("pay-2:3"), keys.GATEWAY_BOOKS]
+    assert len({key_slot(k.encode()) for k in gateway_keys}) == 1  # a charge and its count: one script
 
 
 def test_every_script_call_in_a_full_flow_is_single_slot(
@@ -47,7 +50,8 @@ def test_every_script_call_in_a_full_flow_is_single_slot(
     client.post(f"/orders/{a_id}/payment", json={"code": "12345"}, headers=auth(a_token))
     run_worker_burst(make_settings())
     names = {name for name, _ in calls}
-    assert {"create_order", "hold_seats", "cancel_order", "begin_payment", "mark_trying", "record_attempt"} <= names
+    assert {"create_order", "hold_seats", "cancel_order", "begin_payment", "mark_trying", "record_attempt",
+            "gateway_charge"} <= names
     for name, key_list in calls:
         slots = {key_slot(k.encode()) for k in key_list}
         assert len(slots) == 1, f"{name} touches slots {slots}: {key_list}"

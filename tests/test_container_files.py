@@ -58,7 +58,8 @@ def test_hadolint_reports_no_findings_on_dockerfile() -> None:
 
 
 def test_compose_runs_redis_with_aof_and_app_services_wait_for_it() -> None:
-    """compose.yaml defines redis (AOF on), api and worker, both apps waiting for a healthy redis."""
+    """compose.yaml defines redis (AOF on, maxmemory-policy noeviction), api and worker, both apps waiting
+    for a healthy redis."""
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
     assert {"redis", "api", "worker"} <= set(services), sorted(services)
@@ -79,6 +80,9 @@ def test_compose_runs_redis_with_aof_and_app_services_wait_for_it() -> None:
         url = urlparse(_environment(service).get("SEATS_REDIS_URL", ""))
         assert url.scheme == "redis" and url.hostname == "redis", (name, url.geturl())
         assert service.get("restart") == "unless-stopped", (name, service.get("restart"))
+
+    # Redis must never evict our keys (seat keys carry TTLs: any other policy picks them first)
+    assert "--maxmemory-policy" in words and words[words.index("--maxmemory-policy") + 1] == "noeviction", words
 
     # containers share no PROMETHEUS_MULTIPROC_DIR: the worker serves its own /metrics, on a port it exposes
     worker = services["worker"]

@@ -247,8 +247,10 @@ async def test_fifty_parallel_holds_never_overshoot_the_held_seat_cap(
         await watcher
     statuses = {r.status_code for r in responses}
     assert statuses <= {200, 409} and 200 in statuses, statuses
-    capped = [r.json() for r in responses if r.status_code == 409]
-    assert {body["error"] for body in capped} <= {"subject_limit_reached"}
+    refused = [r.json() for r in responses if r.status_code == 409]
+    # 17 concurrent swaps of one order may also give up on its ever-changing seats (409 conflict)
+    assert {body["error"] for body in refused} <= {"subject_limit_reached", "conflict"}
+    capped = [body for body in refused if body["error"] == "subject_limit_reached"]
     assert capped, "with 3 orders of up to 4 seats the cap of 10 must refuse some holds"
     assert all(body["details"]["limit"] == 10 and body["details"]["current"] <= 10 for body in capped)
     assert max([*peaks, held_now()]) <= 10

@@ -101,11 +101,11 @@ def test_e2e_worker_killed_mid_payment(processes: Processes, redis_url: str) -> 
     time.sleep(0.3)
     kill_group(worker)
     assert api.order(order_id, token)["state"] == "PAYING"
-    assert int(data.get(keys.GATEWAY_CHARGES) or 0) == 0
+    assert int(data.hget(keys.GATEWAY_BOOKS, "charged") or 0) == 0
     processes.worker(env)
     final = api.wait_state(order_id, token, "CONFIRMED", 40)
     assert final["attemptsLeft"] == 1
-    assert int(data.get(keys.GATEWAY_CHARGES) or 0) == 1
+    assert int(data.hget(keys.GATEWAY_BOOKS, "charged") or 0) == 1
     assert api.statuses()["2A"] == "confirmed"
 
 

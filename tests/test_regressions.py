@@ -248,7 +248,8 @@ def test_spec9_item_15_confirmation_is_fenced_on_ownership(make_client: Any, red
 
 
 def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: str) -> None:
-    """A gateway success that arrives after the hold ran out confirms nothing, releases the seat and says why."""
+    """A gateway success that arrives after the hold ran out confirms nothing, releases the seat, is
+    refunded (issue 10) and says why."""
     from service.orders import TRUSTED, OrderScripts
     from service.payments import SimulatedGateway, process_payment
     from service.scripts import Scripts
@@ -263,11 +264,12 @@ def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: 
         conn = connect(redis_url, settings)
         pipelined = connect_pipelined(settings)
         try:
-            order_scripts = OrderScripts(conn, Scripts(pipelined), settings)
+            scripts = Scripts(pipelined)
+            order_scripts = OrderScripts(conn, scripts, settings)
             # a payment window shorter than the gateway's latency: the hold lapses mid-attempt
             begun = await order_scripts.run("begin_payment", "FL-001", order_id, TRUSTED, ["late-pay", 1])
             assert begun.status == "OK"
-            gateway = SimulatedGateway(pipelined, settings)
+            gateway = SimulatedGateway(scripts, settings)
             return await process_payment(order_scripts, gateway, settings, "FL-001", order_id, "late-pay")
         finally:
             await pipelined.aclose()
@@ -275,8 +277,10 @@ def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: 
 
     assert asyncio.run(pay_with_a_slow_gateway()) == "LATE"
     late = client.get(f"/orders/{order_id}", headers=auth(token)).json()
-    assert late["state"] == "EXPIRED" and "after the hold had expired" in late["lastError"]
+    assert late["state"] == "EXPIRED" and "after the hold had ended" in late["lastError"]
+    assert late["paymentStatus"] == "refunded" and "refunded" in late["lastError"]
     assert seat_statuses(client)["5D"] == "available"
+    assert client.get("/admin/payments/summary", headers=auth("admin-secret")).json() == {"charged": 1, "refunded": 1}
 
 
 def test_spec9_item_17_failing_code_stops_after_three_attempts(make_client: Any, make_settings: Any) -> None:

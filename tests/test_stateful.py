@@ -124,6 +124,10 @@ class ReservationMachine(RuleBasedStateMachine):
         status, _ = self.call("cancel_order", order_id, hash_token(order_id), [])
         if order.state in TERMINAL:
             assert status == "CLOSED"
+        elif order.lapsed:  # every action sees a lapsed hold as EXPIRED, as a read does (spec §11)
+            assert status == "EXPIRED"
+            order.state, order.lapsed = "EXPIRED", False
+            self.release(order)
         elif order.state == "PAYING":
             assert status == "PAYING"
         else:

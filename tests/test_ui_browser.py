@@ -18,7 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
+from service import keys
 from tests.conftest import Processes, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -388,6 +390,25 @@ def test_failed_payment_shows_failed_and_why(processes: Processes, windows: Any)
     a.page.wait_for_timeout(1100)
     assert a.text("[data-countdown]") == frozen
     expect(a.field('[data-action="new-order"]')).to_be_visible()
+
+
+def test_payment_that_cannot_confirm_shows_refunded(processes: Processes, windows: Any, redis_url: str) -> None:
+    """A payment that goes through after the order lost its seat shows EXPIRED, then `refunded` with a
+    message that says the charge was refunded (issue 10)."""
+    base = start(processes, SEATS_PAYMENT_LATENCY_SECONDS="1.5", SEATS_PAYMENT_TIMEOUT_SECONDS="5")
+    a = windows(base).open()
+    a.click_seats("4B")
+    a.order()
+    a.expect_state("4B", "held-mine")
+    a.pay()
+    expect(a.field("[data-payment-status]")).to_have_text("trying", timeout=5000)
+    data = redis.Redis.from_url(redis_url)
+    data.set(keys.seat("FL-001", "4B"), "H|someone-else|9999999999999")  # the seat is gone mid-attempt
+    data.close()
+    expect(a.field("[data-order-state]")).to_have_text("EXPIRED", timeout=10000)
+    expect(a.field("[data-payment-status]")).to_have_text("refunded", timeout=10000)
+    expect(a.field("[data-message]")).to_contain_text("refunded")
+    assert a.seat("4B").get_attribute("data-state") != "confirmed-mine"
 
 
 def test_keyboard_skewed_clock_and_cancel(processes: Processes, windows: Any) -> None:

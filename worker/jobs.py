@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from arq import Retry
+
+from service.errors import StoreUnavailable
 from service.payments import process_payment as run_payment_attempts
 
 
 async def process_payment(ctx: dict[str, Any], flight_id: str, order_id: str, payment_id: str) -> str:
-    """Run one payment submission (job id = payment id); idempotent, see ``service.payments``."""
-    return await run_payment_attempts(ctx["order_scripts"], ctx["gateway"], ctx["settings"], flight_id, order_id,
-                                      payment_id)
+    """Run one payment submission (job id = payment id); idempotent, see ``service.payments``.
+
+    Redis out of reach mid-job (an attempt's outcome unknown) is retried by arq after the backoff
+    (up to the worker's ``max_tries``): the re-run resumes from the order's fence and the gateway's
+    records; past the retries, the order's deadline ends it and the sweeper settles its payment.
+    """
+    try:
+        return await run_payment_attempts(ctx["order_scripts"], ctx["gateway"], ctx["settings"], flight_id,
+                                          order_id, payment_id)
+    except StoreUnavailable as exc:
+        raise Retry(defer=ctx["settings"].payment_backoff_seconds) from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from typing import Any
 
@@ -20,7 +21,7 @@ from prometheus_client import start_http_server
 from service.expiry import run_sweeper
 from service.logs import configure_logging
 from service.orders import OrderScripts
-from service.payments import SimulatedGateway
+from service.payments import SimulatedGateway, settle_payment
 from service.process import freeze_startup_heap
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
@@ -37,13 +38,15 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         scripts = Scripts(pipelined)
         await scripts.load_all()
         order_scripts = OrderScripts(client, scripts, settings)
+        gateway = SimulatedGateway(scripts, settings)
+        settle = functools.partial(settle_payment, order_scripts, gateway, settings)
         ctx.update(
             settings=settings,
             redis_client=client,
             pipelined_client=pipelined,
             order_scripts=order_scripts,
-            gateway=SimulatedGateway(pipelined, settings),
-            sweeper=asyncio.create_task(run_sweeper(order_scripts, settings.sweep_interval_seconds)),
+            gateway=gateway,
+            sweeper=asyncio.create_task(run_sweeper(order_scripts, settings.sweep_interval_seconds, settle)),
         )
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from litestar.di import NamedDependency
 
 from service import errors
 from service.events import EventBroker
+from service.eviction import EvictionPolicy
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.models import CreateOrderRequest, PaymentRequest, PutFlightRequest, SelectSeatsRequest
@@ -40,6 +41,7 @@ class Services:
     events: EventBroker | None = None  # live updates (SSE); started last, stopped first
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
     stream_slots: StreamSlots | None = None  # the cap on open streams per subject
+    eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
 
 
 ServicesDep = NamedDependency[Services]

@@ -18,7 +18,8 @@ async def healthz() -> dict[str, str]:
 
 @get("/readyz")
 async def readyz(services: ServicesDep) -> Response[Readiness]:
-    """Readiness: Redis answers and a script runs (the cache may have been flushed)."""
+    """Readiness: Redis answers, a script runs (the cache may have been flushed) and Redis will not
+    evict our keys (``maxmemory-policy`` is ``noeviction``, a reading at most 5 s old; spec §12)."""
     ok: list[str] = []
     failing: dict[str, str] = {}
     try:
@@ -26,8 +27,14 @@ async def readyz(services: ServicesDep) -> Response[Readiness]:
         ok.append("redis")
         await services.scripts.run("due_orders", [keys.deadlines("readyz")], [1])
         ok.append("scripts")
+        problem = await services.eviction.problem() if services.eviction is not None else None
+        if problem:
+            failing["maxmemory-policy"] = problem
+        else:
+            ok.append("maxmemory-policy")
     except Exception as exc:  # noqa: BLE001 - readiness reports every failure, whatever it is
-        failing["redis" if "redis" not in ok else "scripts"] = str(exc) or type(exc).__name__
+        failing["redis" if "redis" not in ok else "scripts" if "scripts" not in ok else "maxmemory-policy"] = (
+            str(exc) or type(exc).__name__)
     return Response(Readiness(ok, failing), status_code=200 if not failing else 503)
 
 

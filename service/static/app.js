@@ -4,6 +4,8 @@ import { SeatGrid } from './grid.js';
 import { LiveStream } from './streams.js';
 
 const TERMINAL = new Set(['CONFIRMED', 'FAILED', 'EXPIRED', 'CANCELLED']);
+/** Nothing more will change: terminal, and no refund under way (paymentStatus 'refunding'). */
+const settled = (order) => TERMINAL.has(order.state) && order.paymentStatus !== 'refunding';
 // Order states in which the order's `seats` are really held or sold to it.
 const OWNS_SEATS = new Set(['SEATS_SELECTED', 'PAYING', 'CONFIRMED', 'FAILED']);
 const WARNING_MS = 5 * 60 * 1000;
@@ -351,7 +353,7 @@ function stopPolling() {
 }
 
 function orderIsLive() {
-  return Boolean(state.order && !TERMINAL.has(state.order.state) && state.streams.order);
+  return Boolean(state.order && !settled(state.order) && state.streams.order);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -383,7 +385,7 @@ function openFlightStream() {
 function openOrderStream() {
   closeOrderStream();
   const order = state.order;
-  if (!order || TERMINAL.has(order.state)) return;
+  if (!order || settled(order)) return;
   const url = `/orders/${encodeURIComponent(order.orderId)}/events?token=${encodeURIComponent(state.token)}`;
   const orderId = order.orderId;
   const stream = new LiveStream(
@@ -392,7 +394,7 @@ function openOrderStream() {
       order: (data) => {
         if (data.updatedAt) clock.sampleBefore(data.updatedAt, Date.now());
         applyOrder(data);
-        if (TERMINAL.has(data.state) && state.streams.order === stream) closeOrderStream();
+        if (settled(data) && state.streams.order === stream) closeOrderStream();
       },
     },
     (up) => {
@@ -419,7 +421,7 @@ async function recheckOrder(orderId) {
   try {
     const order = await call('GET', `/orders/${encodeURIComponent(orderId)}`, { token: state.token });
     applyOrder(order);
-    if (TERMINAL.has(order.state)) closeOrderStream();
+    if (settled(order)) closeOrderStream();
   } catch (error) {
     if (error instanceof ApiError && (error.status === 404 || error.status === 401)) {
       forgetOrder(state.flightId);
@@ -460,7 +462,8 @@ function announce(previous, order) {
       setMessage(order.lastError || 'The payment failed.', 'error');
       break;
     case 'EXPIRED':
-      setMessage('The hold expired before payment; the seats were released.', 'error');
+      // A payment that went through too late says so, and then that it was refunded (lastError).
+      setMessage(order.lastError || 'The hold expired before payment; the seats were released.', 'error');
       break;
     case 'CANCELLED':
       setMessage('Order cancelled; the seats were released.', 'info');
