@@ -24,6 +24,7 @@ from service.api import ui as ui_routes
 from service.api.deps import Services, services_from_state
 from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.openapi import components as openapi_components
 from service.events import EventBroker
 from service.flights import FlightStore
 from service.metrics import RequestMetrics
@@ -90,7 +91,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
-            title="seats", version="0.1.0", path="/schema",
+            title="seats", version="0.1.0", path="/schema", components=openapi_components(),
             render_plugins=[JsonRenderPlugin(), LocalDocsPlugin()],
         ),
         debug=False,

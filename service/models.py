@@ -40,12 +40,16 @@ def iso_ms(epoch_ms: int) -> str:
 
 
 class CreateOrderRequest(Request, kw_only=True):
-    """``POST /orders``; the first version's ``flightID``/``orderID`` spellings are accepted."""
+    """``POST /orders``; the first version's ``flightID``/``orderID`` spellings are accepted.
 
-    flight_id: str | None = None
-    order_id: str | None = None
-    legacy_flight_id: str | None = msgspec.field(default=None, name="flightID")
-    legacy_order_id: str | None = msgspec.field(default=None, name="orderID")
+    ``UNSET`` tells an absent field from ``null`` (both mean "not given"), so that a body naming
+    both spellings of one field is refused even when one of them is ``null``.
+    """
+
+    flight_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    order_id: str | msgspec.UnsetType | None = msgspec.UNSET
+    legacy_flight_id: str | msgspec.UnsetType | None = msgspec.field(default=msgspec.UNSET, name="flightID")
+    legacy_order_id: str | msgspec.UnsetType | None = msgspec.field(default=msgspec.UNSET, name="orderID")
 
 
 class SelectSeatsRequest(Request):

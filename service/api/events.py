@@ -16,6 +16,7 @@ from litestar.response import Stream
 
 from service import errors
 from service.api.deps import ServicesDep, bearer_token, require_token
+from service.api.openapi import route_doc
 from service.events import EventBroker
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
@@ -30,7 +31,7 @@ def _broker(services: ServicesDep) -> EventBroker:
     return broker
 
 
-@get("/flights/{flight_id:str}/events", media_type=SSE_MEDIA_TYPE)
+@get("/flights/{flight_id:str}/events", media_type=SSE_MEDIA_TYPE, **route_doc("flight_events"))
 async def flight_events(
     flight_id: FromPath[str],
     request: Request[object, object, State],
@@ -51,7 +52,7 @@ async def flight_events(
     return Stream(broker.flight_stream(watcher), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
 
-@get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE)
+@get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE, **route_doc("order_events"))
 async def order_events(
     order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep
 ) -> Stream | Response[None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ControllerRouterHandler
 
 from service import keys
@@ -16,7 +17,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz")
+@get("/readyz", responses={503: ResponseSpec(Readiness, description="A check fails (`failing` says why).")})
 async def readyz(services: ServicesDep) -> Response[Readiness]:
     """Readiness: Redis answers and a script runs (the cache may have been flushed)."""
     ok: list[str] = []
