@@ -49,11 +49,19 @@ class HeadLimits:
 
 
 class HeadRejected(Exception):
-    """A request head over a bound; answered with ``status`` and the connection closed."""
+    """A request head over a bound (or unparsable); answered with ``status`` and the connection closed."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+def _head_too_large() -> HeadRejected:
+    return HeadRejected(431, "headers_too_large", "The request head is too large.")
+
+
+def _bad_request() -> HeadRejected:
+    return HeadRejected(400, "invalid_request", "Invalid HTTP request received.")
 
 
 class BoundedConfig(uvicorn.Config):
@@ -112,14 +120,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._arm_read_timer()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, HeadRejected):
-                self._refuse(exc.__context__)
-            else:
-                self._bad_request()
-            return
-        except httptools.HttpParserError:
-            self._bad_request()
+        except httptools.HttpParserError as exc:  # a callback's exception is the parser error's context
+            bound = exc.__context__
+            self._refuse(bound if isinstance(bound, HeadRejected) else _bad_request())
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -128,7 +131,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         if self._reading_head and self._head_received > self._limits.max_head_bytes:
-            self._refuse(HeadRejected(431, "headers_too_large", "The request head is too large."))
+            self._refuse(_head_too_large())
 
     # --- httptools callbacks -------------------------------------------------------------
 
@@ -151,7 +154,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._header_count > self._limits.max_headers:
             raise HeadRejected(431, "too_many_headers", "The request has too many header lines.")
         if self._head_size + len(self.url) > self._limits.max_head_bytes:
-            raise HeadRejected(431, "headers_too_large", "The request head is too large.")
+            raise _head_too_large()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -182,13 +185,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.close()
 
-    def _bad_request(self) -> None:
-        self.logger.warning("Invalid HTTP request received.")
-        self.send_400_response("Invalid HTTP request received.")
-
     def _refuse(self, rejected: HeadRejected) -> None:
         """Answer a head over a bound in the API's error shape (unless a response is under way), close."""
-        self.logger.warning("Request head refused: %s", rejected.message)
+        self.logger.warning("Request refused: %s", rejected.message)
         if self.cycle is None or self.cycle.response_complete:
             body = msgspec.json.encode(ErrorBody(rejected.code, rejected.message, {}))
             self.transport.write(b"".join([
