@@ -13,7 +13,6 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
 
 from service import errors
 from service.api import events as event_routes
@@ -79,7 +78,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
+            *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES,
             *event_routes.ROUTES,
             *ui_routes.ROUTES,
         ],

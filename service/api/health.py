@@ -1,10 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and the Prometheus exposition."""
 
 from __future__ import annotations
 
 from litestar import Response, get
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.plugins.prometheus import PrometheusController
 from litestar.types import ControllerRouterHandler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import keys
 from service.api.deps import ServicesDep
@@ -32,4 +34,14 @@ async def readyz(services: ServicesDep) -> Response[Readiness]:
     return Response(Readiness(ok, failing), status_code=200 if not failing else 503)
 
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz]
+class MetricsController(PrometheusController):
+    """Litestar's ``/metrics``, documented with the content type it sends (not JSON)."""
+
+    @get(media_type=CONTENT_TYPE_LATEST)
+    async def get(self) -> Response[bytes]:
+        """Prometheus text exposition (the worker's counters too when a multiprocess directory is shared)."""
+        response: Response[bytes] = await PrometheusController.get.fn(self)
+        return response
+
+
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz, MetricsController]
