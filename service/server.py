@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import httptools
@@ -60,6 +61,10 @@ def _head_too_large() -> HeadRejected:
     return HeadRejected(431, "headers_too_large", "The request head is too large.")
 
 
+def _uri_too_long() -> HeadRejected:
+    return HeadRejected(414, "uri_too_long", "The request URL is too long.")
+
+
 def _bad_request() -> HeadRejected:
     return HeadRejected(400, "invalid_request", "Invalid HTTP request received.")
 
@@ -92,9 +97,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         limits: HeadLimits = config.head_limits  # type: ignore[attr-defined]  # always a BoundedConfig
         self._limits = limits
         self._reading_head = True  # between two requests, or inside a head
-        self._head_received = 0  # bytes received since the head began (an upper bound of its size)
-        self._head_size = 0  # exact size of the header lines parsed so far
-        self._header_count = 0
+        self._head_received = 0  # bytes read while a head was unfinished: bounds what httptools buffers
         self._read_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -131,35 +134,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         if self._reading_head and self._head_received > self._limits.max_head_bytes:
-            self._refuse(_head_too_large())
+            self._refuse(_uri_too_long() if len(self.url) > self._limits.max_head_bytes else _head_too_large())
 
     # --- httptools callbacks -------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        """A new request: its head counters start at zero."""
-        super().on_message_begin()
-        self._head_size = 0
-        self._header_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        """The URL arrives in pieces: refuse it once it alone is over the head limit."""
-        super().on_url(url)
-        if len(self.url) > self._limits.max_head_bytes:
-            raise HeadRejected(414, "uri_too_long", "The request URL is too long.")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Count header lines and their exact size (a head may end inside the read that carried it)."""
-        self._header_count += 1
-        self._head_size += len(name) + len(value) + HEADER_LINE_OVERHEAD
-        if self._header_count > self._limits.max_headers:
-            raise HeadRejected(431, "too_many_headers", "The request has too many header lines.")
-        if self._head_size + len(self.url) > self._limits.max_head_bytes:
-            raise _head_too_large()
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
-        """The head is in: the app may run."""
+        """The head is in: check its exact size and header count, then let the app run.
+
+        Checked once per request rather than per header: a head that completes inside one read
+        was parsed whole anyway, and one that does not is bounded by ``data_received``.
+        """
         self._reading_head = False
+        headers = self.headers
+        if len(headers) > self._limits.max_headers:
+            raise HeadRejected(431, "too_many_headers", "The request has too many header lines.")
+        if len(self.url) > self._limits.max_head_bytes:
+            raise _uri_too_long()
+        size = len(self.url) + sum(map(len, chain.from_iterable(headers))) + HEADER_LINE_OVERHEAD * len(headers)
+        if size > self._limits.max_head_bytes:
+            raise _head_too_large()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -31,7 +31,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from service.models import ErrorBody
+from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, ErrorBody
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ _HEADERS: dict[str, OpenAPIHeader] = {
     "ETag": OpenAPIHeader(description='`"<hash>"` of the seat map.', schema=Schema(type=_STRING)),
 }
 # Ids in paths (flights.FLIGHT_ID_PATTERN, orders.check_order_id); anything else is a 404.
-_PATH_PATTERNS = {"flight_id": "^[A-Za-z0-9_-]{1,32}$", "order_id": "^[A-Za-z0-9_-]{1,64}$"}
+_PATH_PATTERNS = {"flight_id": FLIGHT_ID_REGEX, "order_id": ORDER_ID_REGEX}
 
 _READ = ("store_unavailable",)
 _WRITE = ("invalid_request", "payload_too_large", "rate_limited", "invalid_buyer_pass", "store_unavailable")
