@@ -38,7 +38,7 @@ def test_every_response_is_documented(processes: Processes, tmp_path: Path) -> N
          "--exclude-path-regex", "/events$",  # SSE streams never end; tests/test_events*.py cover them
          "--header", "Authorization: Bearer admin-secret",  # the fixtures' admin token
          "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, check=False,
+        capture_output=True, text=True, timeout=240, check=False, cwd=tmp_path,  # its cache dir goes there
     )
     summary = run.stdout[-6000:]
     assert run.returncode == 0, f"{summary}\n{run.stderr[-2000:]}\n{processes.output()}"
