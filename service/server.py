@@ -227,5 +227,8 @@ def build_server(app: Litestar, settings: Settings) -> DrainingServer:
         limit_concurrency=settings.http_max_connections,
         access_log=False,
         log_config=None,
+        # X-Forwarded-For is ours to judge (SEATS_TRUSTED_PROXIES, service.subjects): uvicorn's own
+        # proxy_headers would believe it from 127.0.0.1 by default and rewrite the peer before we see it.
+        proxy_headers=False,
     )
     return DrainingServer(config, app)

@@ -60,7 +60,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "subject_limit_reached": ErrorCode(409, "a per-subject cap (`details: {limit, current}`)"),
     "idempotency_in_progress": ErrorCode(409, "the first request with this `Idempotency-Key` still runs"),
     "payload_too_large": ErrorCode(413, "body over `SEATS_MAX_BODY_BYTES`"),
-    "validation_failed": ErrorCode(422, "well-formed but invalid (`details.field`); also a JSON key given twice"),
+    "validation_failed": ErrorCode(422, "well-formed but invalid (`details.field`): ids, seats, code, a JSON key "
+                                        "given twice, an `Idempotency-Key` that is not 1-255 visible ASCII characters"),
     "idempotency_key_reused": ErrorCode(422, "the same `Idempotency-Key` with a different body"),
     "rate_limited": ErrorCode(429, "over the subject's write or stream limit (`Retry-After`)"),
     "store_unavailable": ErrorCode(503, "Redis cannot be reached: never a guessed answer"),
@@ -152,7 +153,7 @@ ROUTES: dict[str, RouteDoc] = {
     "pay": RouteDoc((*_WRITE, *_IDEMPOTENT, *_ORDER, "validation_failed", "order_closed", "payment_in_progress",
                      "no_seats_held"), (IDEMPOTENCY_KEY, SEATS_BUYER), (ORDER_TOKEN,)),
     "cancel_order": RouteDoc(("rate_limited", "invalid_buyer_pass", "store_unavailable", *_IDEMPOTENT, *_ORDER,
-                              "order_closed", "payment_in_progress"), (IDEMPOTENCY_KEY, SEATS_BUYER),
+                              "validation_failed", "order_closed", "payment_in_progress"), (IDEMPOTENCY_KEY, SEATS_BUYER),
                              (ORDER_TOKEN,)),
     "flight_events": RouteDoc((*_READ, "flight_not_found", "rate_limited", "invalid_buyer_pass"),
                               (LAST_EVENT_ID, SEATS_BUYER, TOKEN_QUERY), (ORDER_TOKEN,), optional_security=True),
