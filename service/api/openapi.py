@@ -31,7 +31,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, ErrorBody
+from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, ErrorBody, Flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +122,15 @@ _ORDER = ("unauthorized", "order_not_found")
 
 
 @dataclass(frozen=True, slots=True)
+class Also:
+    """Another answer of an operation that is not an error: status, body type (``None``: no body), when."""
+
+    status: int
+    body: type[Any] | None
+    when: str
+
+
+@dataclass(frozen=True, slots=True)
 class RouteDoc:
     """What one operation answers besides its success, and the headers it reads and sends."""
 
@@ -129,8 +138,7 @@ class RouteDoc:
     headers: tuple[Parameter, ...] = ()
     security: tuple[str, ...] = ()  # bearer schemes; empty = none
     optional_security: bool = False  # the token only adds to the answer (seat map, flight stream)
-    not_modified: bool = False  # answers 304 to a matching If-None-Match
-    no_content: str | None = None  # answers 204, and why
+    also: tuple[Also, ...] = ()
     success_headers: tuple[str, ...] = ()
 
 
@@ -139,9 +147,10 @@ ROUTES: dict[str, RouteDoc] = {
     "get_flight": RouteDoc((*_READ, "flight_not_found")),
     "put_flight": RouteDoc(("invalid_request", "payload_too_large", "store_unavailable", "unauthorized",
                             "forbidden", "flight_not_found", "validation_failed", "flight_in_use"),
-                           security=(ADMIN_TOKEN,)),
+                           security=(ADMIN_TOKEN,), also=(Also(201, Flight, "Created: the flight is new."),)),
     "seat_map": RouteDoc((*_READ, "flight_not_found"), (IF_NONE_MATCH, TOKEN_QUERY), (ORDER_TOKEN,),
-                         optional_security=True, not_modified=True, success_headers=("ETag",)),
+                         optional_security=True, success_headers=("ETag",),
+                         also=(Also(304, None, "Not Modified: the map still has this ETag."),)),
     "seat_map_version": RouteDoc((*_READ, "flight_not_found")),
     "available_seats": RouteDoc((*_READ, "flight_not_found")),
     "create_order": RouteDoc((*_WRITE, *_IDEMPOTENT, "validation_failed", "flight_not_found", "order_exists",
@@ -153,13 +162,13 @@ ROUTES: dict[str, RouteDoc] = {
     "pay": RouteDoc((*_WRITE, *_IDEMPOTENT, *_ORDER, "validation_failed", "order_closed", "payment_in_progress",
                      "no_seats_held"), (IDEMPOTENCY_KEY, SEATS_BUYER), (ORDER_TOKEN,)),
     "cancel_order": RouteDoc(("rate_limited", "invalid_buyer_pass", "store_unavailable", *_IDEMPOTENT, *_ORDER,
-                              "validation_failed", "order_closed", "payment_in_progress"), (IDEMPOTENCY_KEY, SEATS_BUYER),
-                             (ORDER_TOKEN,)),
+                              "validation_failed", "order_closed", "payment_in_progress"),
+                             (IDEMPOTENCY_KEY, SEATS_BUYER), (ORDER_TOKEN,)),
     "flight_events": RouteDoc((*_READ, "flight_not_found", "rate_limited", "invalid_buyer_pass"),
                               (LAST_EVENT_ID, SEATS_BUYER, TOKEN_QUERY), (ORDER_TOKEN,), optional_security=True),
     "order_events": RouteDoc((*_READ, *_ORDER, "rate_limited", "invalid_buyer_pass"),
-                             (LAST_EVENT_ID, SEATS_BUYER, TOKEN_QUERY), (ORDER_TOKEN,),
-                             no_content="a reconnect whose Last-Event-ID is already the terminal version"),
+                             (LAST_EVENT_ID, SEATS_BUYER, TOKEN_QUERY), (ORDER_TOKEN,), also=(Also(
+                                 204, None, "No Content: the Last-Event-ID is already the terminal version."),)),
 }
 
 _WRITE_SUCCESS_HEADERS = ("RateLimit-Policy", "RateLimit", "Idempotent-Replayed")
@@ -183,10 +192,8 @@ def route_doc(name: str) -> dict[str, Any]:
         )
         for status, codes in sorted(by_status.items())
     }
-    if doc.not_modified:
-        responses[304] = ResponseSpec(data_container=None, description="Not Modified: the map has this ETag.")
-    if doc.no_content:
-        responses[204] = ResponseSpec(data_container=None, description=f"No Content: {doc.no_content}.")
+    for also in doc.also:
+        responses[also.status] = ResponseSpec(data_container=also.body, generate_examples=False, description=also.when)
     security: list[dict[str, list[str]]] = [{scheme: []} for scheme in doc.security]
     if doc.optional_security:
         security.insert(0, {})
