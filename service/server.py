@@ -99,6 +99,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True  # between two requests, or inside a head
         self._head_received = 0  # bytes read while a head was unfinished: bounds what httptools buffers
         self._read_timer: asyncio.TimerHandle | None = None
+        self.url = b""  # uvicorn sets it when a request begins; bytes can arrive before that (CRLFs)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Register the connection; refuse it past the bound; the first head's clock starts."""

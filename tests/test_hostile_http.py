@@ -168,6 +168,7 @@ HEAD_ROWS: list[tuple[str, Callable[[socket.socket], None], int | str, bytes]] =
     ("20 KiB X-Forwarded-For", _sender(_head(b"X-Forwarded-For: " + b"10.0.0.1, " * 2048)), 431,
      b"headers_too_large"),
     ("20 KiB Idempotency-Key", _sender(_head(b"Idempotency-Key: " + b"k" * 20 * 1024)), 431, b"headers_too_large"),
+    ("20 KiB of blank lines and no request", _sender(b"\r\n" * 10_240), 431, b"headers_too_large"),
     ("NUL in a header value", _sender(_head(b"X-Evil: a\x00b")), 400, b"invalid_request"),
     ("a request line that is not HTTP", _sender(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"), 400,
      b"invalid_request"),
