@@ -1,4 +1,5 @@
-"""Unit rules of strict bodies and bounded echoes (``service.api.deps``, ``service.errors``)."""
+"""Unit rules of strict bodies, bounded echoes and the HTTP limits' settings (``service.api.deps``, ``service.errors``,
+``service.settings``)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,18 @@ def test_legacy_spellings_keep_absent_apart_from_null() -> None:
     body = decode_strict(b'{"flightId": "FL-001", "orderID": null}', CreateOrderRequest)
     assert body.flight_id == "FL-001" and body.legacy_order_id is None
     assert body.order_id is msgspec.UNSET and body.legacy_flight_id is msgspec.UNSET
+
+
+def test_http_limits_are_read_and_range_checked() -> None:
+    """The SEATS_HTTP_* variables reach the server's limits; values that would disable a bound are refused."""
+    from service.server import HeadLimits
+    from service.settings import SettingsError, load_settings
+
+    settings = load_settings({"SEATS_HTTP_MAX_HEAD_BYTES": "8192", "SEATS_HTTP_MAX_HEADERS": "50",
+                              "SEATS_HTTP_HEAD_TIMEOUT_SECONDS": "2.5", "SEATS_HTTP_MAX_CONNECTIONS": "7"})
+    assert HeadLimits.from_settings(settings) == HeadLimits(8192, 50, 2.5, 7)
+    for name, value in (("SEATS_HTTP_MAX_HEAD_BYTES", "0"), ("SEATS_HTTP_MAX_HEADERS", "100000"),
+                        ("SEATS_HTTP_HEAD_TIMEOUT_SECONDS", "0"), ("SEATS_HTTP_KEEPALIVE_SECONDS", "-1"),
+                        ("SEATS_HTTP_MAX_CONNECTIONS", "0")):
+        with pytest.raises(SettingsError, match=name):
+            load_settings({name: value})
