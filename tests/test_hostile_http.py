@@ -319,6 +319,8 @@ BODY_ROWS: list[tuple[str, str, str, dict[str, Any], bytes, int, str, str | None
      "order_not_found", None),
     ("Latin-1 bearer token", "DELETE", ORDER, {"Authorization": b"Bearer caf\xe9"}, b"", 404, "order_not_found",
      None),
+    ("no admin token and a malformed layout", "PUT", "/flights/NA-2", {"Authorization": ""}, b"{not json", 401,
+     "unauthorized", None),
     ("non-ASCII admin token", "PUT", "/flights/NA-1", {"Authorization": "Bearer ädmin-secret".encode()},
      b'{"rows": 2, "columns": "AB"}', 403, "forbidden", None),
     ("absurd X-Forwarded-For on a write", "POST", SEATS,

@@ -12,9 +12,11 @@ import msgspec
 import redis.asyncio as aioredis
 from arq.connections import ArqRedis
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.dto import AbstractDTO, DTOFieldDefinition
+from litestar.handlers import BaseRouteHandler
 from litestar.openapi.spec import Reference, Schema
 from litestar.typing import FieldDefinition
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 AnyRequest = Request[object, object, State]
+AnyConnection = ASGIConnection[Any, Any, Any, Any]
 
 
 @dataclass(slots=True)
@@ -154,7 +157,7 @@ class StrictBody(AbstractDTO[T]):
         return False
 
 
-def bearer_token(request: AnyRequest, *, allow_query: bool = False) -> str | None:
+def bearer_token(request: AnyConnection, *, allow_query: bool = False) -> str | None:
     """The ``Authorization: Bearer`` token (or ``?token=`` where browsers cannot set headers)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
@@ -173,7 +176,7 @@ def require_token(request: AnyRequest, *, allow_query: bool = False) -> str:
     return token
 
 
-def require_admin(request: AnyRequest, settings: Settings) -> None:
+def require_admin(request: AnyConnection, settings: Settings) -> None:
     """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403."""
     token = bearer_token(request)
     if token is None:
@@ -181,3 +184,9 @@ def require_admin(request: AnyRequest, settings: Settings) -> None:
     expected = settings.admin_token
     if not expected or not hmac.compare_digest(token.encode(), expected.encode()):
         raise errors.Forbidden("The admin token is wrong (or SEATS_ADMIN_TOKEN is not set).")
+
+
+def admin_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """Litestar guard of admin routes: ``require_admin`` before the body is read or decoded."""
+    services: Services = connection.app.state.services
+    require_admin(connection, services.settings)

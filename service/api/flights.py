@@ -8,7 +8,7 @@ from litestar import MediaType, Response, get, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from service.api.deps import AnyRequest, Services, ServicesDep, StrictBody, bearer_token, require_admin
+from service.api.deps import AnyRequest, Services, ServicesDep, StrictBody, admin_guard, bearer_token
 from service.api.openapi import route_doc
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
@@ -28,12 +28,12 @@ async def get_flight(flight_id: FromPath[str], services: ServicesDep) -> Flight:
     return (await services.flights.layout(flight_id)).to_flight()
 
 
-@put("/flights/{flight_id:str}", dto=StrictBody[PutFlightRequest], return_dto=None, **route_doc("put_flight"))
+@put("/flights/{flight_id:str}", guards=[admin_guard], dto=StrictBody[PutFlightRequest], return_dto=None,
+     **route_doc("put_flight"))
 async def put_flight(
-    flight_id: FromPath[str], request: AnyRequest, services: ServicesDep, data: JSONBody[PutFlightRequest]
+    flight_id: FromPath[str], services: ServicesDep, data: JSONBody[PutFlightRequest]
 ) -> Response[Flight]:
     """Admin: create a flight (201) or replace its layout (200); 409 once seats are held or sold."""
-    require_admin(request, services.settings)
     flight, created = await services.flights.put(flight_id, data)
     return Response(flight, status_code=201 if created else 200)
 
