@@ -15,7 +15,6 @@ from litestar.config.cors import CORSConfig
 from litestar.di import Provide
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.plugins.prometheus import PrometheusController
 
 from service import errors
 from service.api import admin as admin_routes
@@ -27,6 +26,7 @@ from service.api import ui as ui_routes
 from service.api.deps import Services, services_from_state
 from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.openapi import components as openapi_components
 from service.events import EventBroker
 from service.eviction import EvictionPolicy
 from service.flights import FlightStore
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     return Litestar(
         route_handlers=[
-            *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES, PrometheusController,
+            *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES,
             *admin_routes.ROUTES,
             *event_routes.ROUTES,
             *ui_routes.ROUTES,
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=settings.max_body_bytes,
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
-            title="seats", version="0.1.0", path="/schema",
+            title="seats", version="0.1.0", path="/schema", components=openapi_components(),
             render_plugins=[JsonRenderPlugin(), LocalDocsPlugin()],
         ),
         debug=False,

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+ECHO_CHARS = 64  # a client-supplied value quoted in an error: at most this many characters
+MESSAGE_ECHO_CHARS = 160  # a decoder's message quoting client input (an unknown field's name)
+
+
+def echo(value: str, limit: int = ECHO_CHARS) -> str:
+    """``value`` as an error may quote it: its first ``limit`` characters, then ``…(+N chars)``.
+
+    Every client-supplied value an error message or its ``details`` repeats goes through here,
+    so an error never grows with the input (OWASP API4: a 60 KB seat id was echoed twice).
+    """
+    if len(value) <= limit:
+        return value
+    return f"{value[:limit]}…(+{len(value) - limit} chars)"
+
 
 class SeatsError(Exception):
     """Base of every error the service reports to a client."""

@@ -64,7 +64,8 @@ class Layout:
 def check_flight_id(flight_id: str) -> None:
     """Flight ids become part of Redis keys: letters, digits, ``_`` and ``-`` only."""
     if not FLIGHT_ID_PATTERN.fullmatch(flight_id):
-        raise errors.FlightNotFound(f"Flight {flight_id!r} does not exist.", {"flightId": flight_id})
+        shown = errors.echo(flight_id)
+        raise errors.FlightNotFound(f"Flight {shown!r} does not exist.", {"flightId": shown})
 
 
 def check_layout(body: PutFlightRequest) -> None:

@@ -72,7 +72,8 @@ def fingerprint(body: msgspec.Struct | None, *, leave_out: frozenset[str] = froz
     """sha256 (hex) of the body's canonical JSON (field order fixed by the Struct), minus ``leave_out``."""
     if body is None:
         return hashlib.sha256(b"").hexdigest()
-    fields = {name: getattr(body, name) for name in body.__struct_fields__ if name not in leave_out}
+    fields = {name: value for name in body.__struct_fields__
+              if name not in leave_out and (value := getattr(body, name)) is not msgspec.UNSET}
     return hashlib.sha256(_encode(fields)).hexdigest()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -40,33 +40,54 @@ def iso_ms(epoch_ms: int) -> str:
 
 # --- requests ---------------------------------------------------------------------------
 
+# The id and code rules as the OpenAPI document states them (JSON Schema ``pattern``s). They are
+# enforced by hand (flights.check_flight_id, orders.check_order_id, orders.check_payment_code) to
+# keep spec 4.2's split: a wrong type is 400, a wrong value 422. ``Meta(extra_json_schema=...)``
+# only documents: msgspec does not validate it.
+FLIGHT_ID_REGEX = "^[A-Za-z0-9_-]{1,32}$"
+ORDER_ID_REGEX = "^[A-Za-z0-9_-]{1,64}$"
+PAYMENT_CODE_REGEX = "^[0-9]{5}$"
+
+
+def _documented(**schema: object) -> msgspec.Meta:
+    """JSON Schema keywords for the OpenAPI document only (Litestar reads ``extra``)."""
+    return msgspec.Meta(extra_json_schema={"extra": schema})
+
+
+FlightIdField = Annotated[str | msgspec.UnsetType | None, _documented(pattern=FLIGHT_ID_REGEX)]
+OrderIdField = Annotated[str | msgspec.UnsetType | None, _documented(pattern=ORDER_ID_REGEX)]
+
 
 class CreateOrderRequest(Request, kw_only=True):
-    """``POST /orders``; the first version's ``flightID``/``orderID`` spellings are accepted."""
+    """``POST /orders``; the first version's ``flightID``/``orderID`` spellings are accepted.
 
-    flight_id: str | None = None
-    order_id: str | None = None
-    legacy_flight_id: str | None = msgspec.field(default=None, name="flightID")
-    legacy_order_id: str | None = msgspec.field(default=None, name="orderID")
+    ``UNSET`` tells an absent field from ``null`` (both mean "not given"), so that a body naming
+    both spellings of one field is refused even when one of them is ``null``.
+    """
+
+    flight_id: FlightIdField = msgspec.UNSET
+    order_id: OrderIdField = msgspec.UNSET
+    legacy_flight_id: FlightIdField = msgspec.field(default=msgspec.UNSET, name="flightID")
+    legacy_order_id: OrderIdField = msgspec.field(default=msgspec.UNSET, name="orderID")
 
 
 class SelectSeatsRequest(Request):
-    """``POST /orders/{id}/seats``: the complete desired selection."""
+    """``POST /orders/{id}/seats``: the complete desired selection (at most ``SEATS_MAX_SEATS_PER_ORDER``)."""
 
-    seats: list[str]
+    seats: Annotated[list[str], _documented(minItems=1)]
 
 
 class PaymentRequest(Request):
     """``POST /orders/{id}/payment``: the 5-digit code (checked by hand, see ``orders``)."""
 
-    code: str
+    code: Annotated[str, _documented(pattern=PAYMENT_CODE_REGEX)]
 
 
 class PutFlightRequest(Request):
     """``PUT /flights/{id}``: rows numbered from 1, one letter per column."""
 
-    rows: int
-    columns: str
+    rows: Annotated[int, _documented(minimum=1)]
+    columns: Annotated[str, _documented(pattern="^[A-Z]{1,26}$")]
 
 
 # --- responses --------------------------------------------------------------------------

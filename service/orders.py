@@ -343,7 +343,7 @@ class OrderStore:
         async def run() -> Written:
             for _ in range(MAX_STALE_RETRIES):
                 layout = await self._flights.layout(flight_id)
-                unknown = [s for s in seats if not layout.has_seat(s)]
+                unknown = [errors.echo(s) for s in seats if not layout.has_seat(s)]
                 if unknown:
                     raise errors.ValidationFailed(
                         f"Unknown seat ids for flight {flight_id}: {', '.join(unknown)}.",
@@ -482,7 +482,7 @@ class OrderStore:
         if not 1 <= len(seats) <= limit:
             raise errors.ValidationFailed(f"Select between 1 and {limit} seats.", {"field": "seats"})
         if len(set(seats)) != len(seats):
-            duplicates = sorted({s for s in seats if seats.count(s) > 1})
+            duplicates = sorted({errors.echo(s) for s in seats if seats.count(s) > 1})
             raise errors.ValidationFailed(
                 f"Seat ids must be distinct: {', '.join(duplicates)}.", {"field": "seats", "duplicates": duplicates}
             )
@@ -500,7 +500,8 @@ class OrderStore:
         return int(self._settings.order_ttl_seconds * 1000)
 
     def _not_found(self, order_id: str) -> errors.OrderNotFound:
-        return errors.OrderNotFound(f"Order {order_id} does not exist.", {"orderId": order_id})
+        shown = errors.echo(order_id)  # from the path: not yet known to be a valid id
+        return errors.OrderNotFound(f"Order {shown} does not exist.", {"orderId": shown})
 
 
 def refusal_error(refusal: Refusal, order_id: str) -> errors.SeatsError:

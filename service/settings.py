@@ -38,6 +38,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_max_connections: int = 256
     redis_max_in_flight: int = 10_000  # commands waiting on the scripts' pipelined connection (then 503)
     graceful_shutdown_seconds: float = 3.0
+    # HTTP/1.1 head and connection bounds, enforced by the server before the app sees a request
+    # (service/server.py): a head is the request line plus headers
+    http_max_head_bytes: int = 16 * 1024  # over it: 431 and the connection closed
+    http_max_headers: int = 100  # header lines per request; over it: 431 and the connection closed
+    http_head_timeout_seconds: float = 10.0  # from a connection's open, or a request's first byte, to its last header
+    http_keepalive_seconds: float = 5.0  # an idle keep-alive connection is closed after this
+    # open connections per process (SSE streams included, so issue 13's 5,000 watchers fit twice);
+    # past it new connections are closed at once and uvicorn answers 503 to requests
+    http_max_connections: int = 10_000
     sse_heartbeat_seconds: float = 15.0
     sse_max_stream_seconds: float = 1800.0
     sse_retry_ms: int = 3000
@@ -114,6 +123,11 @@ _ENV_NAMES: dict[str, str] = {
     "redis_max_connections": "SEATS_REDIS_MAX_CONNECTIONS",
     "redis_max_in_flight": "SEATS_REDIS_MAX_IN_FLIGHT",
     "graceful_shutdown_seconds": "SEATS_GRACEFUL_SHUTDOWN_SECONDS",
+    "http_max_head_bytes": "SEATS_HTTP_MAX_HEAD_BYTES",
+    "http_max_headers": "SEATS_HTTP_MAX_HEADERS",
+    "http_head_timeout_seconds": "SEATS_HTTP_HEAD_TIMEOUT_SECONDS",
+    "http_keepalive_seconds": "SEATS_HTTP_KEEPALIVE_SECONDS",
+    "http_max_connections": "SEATS_HTTP_MAX_CONNECTIONS",
     "sse_heartbeat_seconds": "SEATS_SSE_HEARTBEAT_SECONDS",
     "sse_max_stream_seconds": "SEATS_SSE_MAX_STREAM_SECONDS",
     "sse_retry_ms": "SEATS_SSE_RETRY_MS",
@@ -168,6 +182,7 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_HOLD_SECONDS must be positive and at most SEATS_MAX_HOLD_SECONDS")
     if settings.max_seats_per_order < 1:
         raise SettingsError("SEATS_MAX_SEATS_PER_ORDER must be at least 1")
+    _check_http_ranges(settings)
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
     if settings.order_claim_seconds <= 0 or settings.eviction_check_seconds <= 0:
@@ -207,3 +222,14 @@ def _check_controls(settings: Settings) -> None:
         raise SettingsError("SEATS_PENDING_ORDER_SECONDS and SEATS_IDEMPOTENCY_SECONDS must be positive")
     if settings.require_buyer_pass and not settings.buyer_secret:
         raise SettingsError("SEATS_REQUIRE_BUYER_PASS needs SEATS_BUYER_SECRET")
+
+
+def _check_http_ranges(settings: Settings) -> None:
+    if not 1024 <= settings.http_max_head_bytes <= 1024 * 1024:
+        raise SettingsError("SEATS_HTTP_MAX_HEAD_BYTES must be between 1024 and 1048576")
+    if not 10 <= settings.http_max_headers <= 1000:
+        raise SettingsError("SEATS_HTTP_MAX_HEADERS must be between 10 and 1000")
+    if settings.http_head_timeout_seconds <= 0 or settings.http_keepalive_seconds <= 0:
+        raise SettingsError("SEATS_HTTP_HEAD_TIMEOUT_SECONDS and SEATS_HTTP_KEEPALIVE_SECONDS must be positive")
+    if settings.http_max_connections < 1:
+        raise SettingsError("SEATS_HTTP_MAX_CONNECTIONS must be at least 1")

@@ -18,6 +18,7 @@ from litestar.response import Stream
 from service import errors
 from service.api.controls import subject_of
 from service.api.deps import Services, ServicesDep, bearer_token, require_token
+from service.api.openapi import route_doc
 from service.events import EventBroker
 from service.limits import StreamSlots
 
@@ -33,7 +34,7 @@ def _broker(services: ServicesDep) -> EventBroker:
     return broker
 
 
-@get("/flights/{flight_id:str}/events", media_type=SSE_MEDIA_TYPE)
+@get("/flights/{flight_id:str}/events", media_type=SSE_MEDIA_TYPE, **route_doc("flight_events"))
 async def flight_events(
     flight_id: FromPath[str],
     request: Request[object, object, State],
@@ -56,7 +57,7 @@ async def flight_events(
     return Stream(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
 
-@get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE)
+@get("/orders/{order_id:str}/events", media_type=SSE_MEDIA_TYPE, **route_doc("order_events"))
 async def order_events(
     order_id: FromPath[str], request: Request[object, object, State], services: ServicesDep
 ) -> Stream | Response[None]:

@@ -5,34 +5,36 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import MediaType, Response, get, put
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from service.api.deps import AnyRequest, Services, ServicesDep, bearer_token, decode_body, require_admin
+from service.api.deps import AnyRequest, Services, ServicesDep, StrictBody, admin_guard, bearer_token
+from service.api.openapi import route_doc
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
 
 
-@get("/flights")
+@get("/flights", **route_doc("list_flights"))
 async def list_flights(services: ServicesDep) -> list[Flight]:
     """The catalogue."""
     return await services.flights.catalogue()
 
 
-@get("/flights/{flight_id:str}")
+@get("/flights/{flight_id:str}", **route_doc("get_flight"))
 async def get_flight(flight_id: FromPath[str], services: ServicesDep) -> Flight:
     """One flight with its layout."""
     return (await services.flights.layout(flight_id)).to_flight()
 
 
-@put("/flights/{flight_id:str}")
-async def put_flight(flight_id: FromPath[str], request: AnyRequest, services: ServicesDep) -> Response[Flight]:
+@put("/flights/{flight_id:str}", guards=[admin_guard], dto=StrictBody[PutFlightRequest], return_dto=None,
+     **route_doc("put_flight"))
+async def put_flight(
+    flight_id: FromPath[str], services: ServicesDep, data: JSONBody[PutFlightRequest]
+) -> Response[Flight]:
     """Admin: create a flight (201) or replace its layout (200); 409 once seats are held or sold."""
-    require_admin(request, services.settings)
-    body = await decode_body(request, PutFlightRequest)
-    flight, created = await services.flights.put(flight_id, body)
+    flight, created = await services.flights.put(flight_id, data)
     return Response(flight, status_code=201 if created else 200)
 
 
@@ -46,7 +48,7 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-@get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON)
+@get("/flights/{flight_id:str}/seats", media_type=MediaType.JSON, **route_doc("seat_map"))
 async def seat_map(
     flight_id: FromPath[str], request: AnyRequest, order_id: OrderIdQuery = None
 ) -> Response[SeatMap | bytes]:
@@ -69,7 +71,7 @@ async def seat_map(
     return Response(snapshot.encoded_public(), headers=headers, media_type=MediaType.JSON)
 
 
-@get("/flights/{flight_id:str}/seats/version")
+@get("/flights/{flight_id:str}/seats/version", **route_doc("seat_map_version"))
 async def seat_map_version(flight_id: FromPath[str], request: AnyRequest) -> Response[SeatMapVersion | bytes]:
     """The cheap poll: version, hash and lastUpdated."""
     services: Services = request.app.state.services  # a hot path: skip Litestar's DI resolution
@@ -80,7 +82,7 @@ async def seat_map_version(flight_id: FromPath[str], request: AnyRequest) -> Res
     return Response(snapshot.version_view())
 
 
-@get("/flights/{flight_id:str}/available-seats")
+@get("/flights/{flight_id:str}/available-seats", **route_doc("available_seats"))
 async def available_seats(flight_id: FromPath[str], services: ServicesDep) -> AvailableSeats:
     """The first version's summary, kept for old clients."""
     snapshot, _ = await services.flights.snapshot(flight_id)

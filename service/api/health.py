@@ -1,9 +1,12 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and the Prometheus exposition."""
 
 from __future__ import annotations
 
 from litestar import Response, get
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.plugins.prometheus import PrometheusController
 from litestar.types import ControllerRouterHandler
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import keys
 from service.api.deps import ServicesDep
@@ -16,7 +19,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz")
+@get("/readyz", responses={503: ResponseSpec(Readiness, description="A check fails (`failing` says why).")})
 async def readyz(services: ServicesDep) -> Response[Readiness]:
     """Readiness: Redis answers, a script runs (the cache may have been flushed) and Redis will not
     evict our keys (``maxmemory-policy`` is ``noeviction``, a reading at most 5 s old; spec §12)."""
@@ -38,4 +41,14 @@ async def readyz(services: ServicesDep) -> Response[Readiness]:
     return Response(Readiness(ok, failing), status_code=200 if not failing else 503)
 
 
-ROUTES: list[ControllerRouterHandler] = [healthz, readyz]
+class MetricsController(PrometheusController):
+    """Litestar's ``/metrics``, documented with the content type it sends (not JSON)."""
+
+    @get(media_type=CONTENT_TYPE_LATEST)
+    async def get(self) -> Response[bytes]:
+        """Prometheus text exposition (the worker's counters too when a multiprocess directory is shared)."""
+        response: Response[bytes] = await PrometheusController.get.fn(self)
+        return response
+
+
+ROUTES: list[ControllerRouterHandler] = [healthz, readyz, MetricsController]
