@@ -6,12 +6,16 @@ average). They are measured alone, then again while ONE scalper subject (one add
 ``--scalper-loops`` loops with no pacing at all: create orders, hold as many of the other 100 seats as
 it can (asking for exactly what a cap refusal says is left), cancel and start over when refused.
 
+The scalper runs in a process of its own (``python -m loadtest.scalper``), as it would on a machine of
+its own: in the harness's event loop its flood would delay the honest clients' own callbacks, and that
+delay would read as server latency. It sends its recorded requests back at the end.
+
 Reported: the honest holds' p50/p99 alone and with the scalper (ratios in ``loadtest.cli.RATIOS``),
-the scalper's requests by outcome, and the most seats it ever held at once, sampled from Redis (seat
-keys ``H|<order>|<deadline>`` of its own orders) every ``SAMPLE_SECONDS``. The scenario's invariants
-(a violation fails the run): the scalper was refused by the seat cap at least once (or there is no
-cap to check), it never held more seats than the cap its refusals state, and no honest request was
-refused by a control.
+the scalper's requests by outcome, and the most seats it ever held at once, sampled from Redis every
+``SAMPLE_SECONDS``: a seat key ``H|<order>|<deadline>`` counts when its order's ``subject`` (recorded
+by the service at creation) is the scalper's. The scenario's invariants (a violation fails the run):
+the scalper was refused by the seat cap at least once (or there is no cap to check), it never held
+more seats than the cap its refusals state, and no honest request was refused by a control.
 
 It needs the production limits and a trusted 127.0.0.1: the spawned service keeps the limits
 (``loadtest.cli.SCENARIO_SPAWN``), a ``--url`` target must have them and trust 127.0.0.1
@@ -21,6 +25,9 @@ It needs the production limits and a trusted 127.0.0.1: the spawned service keep
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,9 +39,10 @@ from loadtest.client import Client, Reply, request_headers
 from loadtest.invariants import seat_ids
 from loadtest.pacing import closed_loop
 from loadtest.scenarios import Context, Load, Owner, Phase, SetupFailed, bounded, create_orders, drive, new_flight
-from loadtest.stats import Recorder
+from loadtest.stats import Recorder, Series
 from service import keys
 from service.settings import Settings
+from service.subjects import Subject
 
 SCALPER_ROWS, SCALPER_COLUMNS = 30, "ABCDEFGHIJ"
 HONEST_SUBJECTS, HONEST_BLOCK = 50, 4  # rows 1-20 are the honest blocks, rows 21-30 the scalper's hunt
@@ -42,14 +50,15 @@ HONEST_PAUSE_SECONDS = (1.0, 1.5)  # between one honest subject's writes: < 1/s,
 SCALPER_ADDRESS = "203.0.113.66"  # TEST-NET-3 (RFC 5737): apart from the honest crowd's 198.18.0.0/15
 SCALPER_GRAB = Settings().max_seats_per_order  # what one order may hold at most (a bigger ask is a 422)
 SAMPLE_SECONDS = 0.01
+SCALPER_START_SECONDS = 30.0  # the scalper process's start-up (imports), then its run + this to report
 OUTCOMES = ("accepted", "rate_limited", "subject_limit_reached", "other")
 
 
 @dataclass
 class Scalper:
-    """What the scalper did and what the samples of its holds saw."""
+    """What the scalper did (counted in its process) and what the samples of its holds saw."""
 
-    orders: set[str] = field(default_factory=set)  # every order it created: the sampler's map
+    orders_created: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     other: Counter[str] = field(default_factory=Counter)  # "other" outcomes by "<status> <error>"
     seat_caps: set[int] = field(default_factory=set)  # the limits its seat-cap refusals stated
@@ -58,7 +67,7 @@ class Scalper:
     sampled_seconds: float = 0.0
 
     def label(self, reply: Reply) -> str:
-        """Count the reply's outcome; its name in the phase's recorder."""
+        """Count the reply's outcome; its name in the recorder."""
         if 200 <= reply.status < 300:
             outcome = "accepted"
         else:
@@ -68,9 +77,20 @@ class Scalper:
         self.outcomes[outcome] += 1
         return f"scalper.{outcome}"
 
+    def tally(self) -> dict[str, Any]:
+        """What the scalper's process sends back (JSON-ready)."""
+        return {"orders_created": self.orders_created, "outcomes": dict(self.outcomes), "other": dict(self.other),
+                "seat_caps": sorted(self.seat_caps)}
+
+    @classmethod
+    def from_tally(cls, tally: dict[str, Any]) -> Scalper:
+        """The inverse of :meth:`tally`."""
+        return cls(tally["orders_created"], Counter(tally["outcomes"]), Counter(tally["other"]),
+                   set(tally["seat_caps"]))
+
     def report(self) -> dict[str, Any]:
         """JSON-ready figures."""
-        return {"address": SCALPER_ADDRESS, "orders_created": len(self.orders),
+        return {"address": SCALPER_ADDRESS, "orders_created": self.orders_created,
                 "outcomes": {name: self.outcomes[name] for name in OUTCOMES}, "other": dict(self.other),
                 "peak_held_seats": self.peak, "seat_cap": min(self.seat_caps, default=None), "samples": self.samples,
                 "sample_interval_ms": round(self.sampled_seconds / self.samples * 1000, 1) if self.samples else None}
@@ -113,18 +133,29 @@ async def run_scalper(ctx: Context) -> list[Phase]:
         phases = [Phase("honest alone", alone, ["honest"], pacing, usage,
                         {"flight": flight, "honest_subjects": HONEST_SUBJECTS})]
         crowded = client.recorder = Recorder()
-        scalper = Scalper()
-        hunt = ids[HONEST_SUBJECTS * HONEST_BLOCK:]
-        until = time.monotonic() + 0.05 + load.warmup + load.duration  # drive's own end
-        scalping = asyncio.create_task(_scalp(ctx, crowded, flight=flight, hunt=hunt, scalper=scalper,
-                                                      until=until))
-        watching = asyncio.create_task(_watch_peak(store, [keys.seat(flight, s) for s in ids], scalper, scalping))
-        pacing, usage = await drive(ctx, crowded, honest.step, None, load)
-        await scalping
-        await watching
+        process = await _start_scalper(ctx, flight)
+        try:
+            # The window drive() is about to use (it starts 0.05 s from now): the scalper records the same one.
+            measure_from = time.monotonic() + 0.05 + load.warmup
+            until = measure_from + load.duration
+            assert process.stdin is not None
+            process.stdin.write(f"{measure_from} {until}\n".encode())
+            await process.stdin.drain()
+            finished = asyncio.create_task(_scalper_result(process, until))
+            sampled = Scalper()
+            watching = asyncio.create_task(_watch_peak(store, flight, ids, sampled, finished))
+            pacing, usage = await drive(ctx, crowded, honest.step, None, load)
+            scalper, series = await finished
+            await watching
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
     finally:
         await client.close()
         await store.aclose()
+    scalper.peak, scalper.samples, scalper.sampled_seconds = sampled.peak, sampled.samples, sampled.sampled_seconds
+    crowded.series.update(series)  # one recorder: the endpoints table, and API CPU per request over both
     extra = {"flight": flight, "honest_subjects": HONEST_SUBJECTS, "scalper_loops": ctx.scalper_loops,
              "scalper": scalper.report(), "honest_refused": dict(honest.refused)}
     violations = scalper.violations() + [f"honest subjects refused {n} times ({why})"
@@ -163,12 +194,75 @@ class Honest:
         return "honest"
 
 
-async def _scalp(ctx: Context, recorder: Recorder, *, flight: str, hunt: list[str], scalper: Scalper,
-                 until: float) -> None:
-    """``ctx.scalper_loops`` unpaced loops of one subject until ``until`` (stragglers cancelled 5 s later)."""
-    client = Client(ctx.base_url, recorder, connections=ctx.scalper_loops)
+# --------------------------------------------------------------------------- the scalper's process
+
+
+async def _start_scalper(ctx: Context, flight: str) -> asyncio.subprocess.Process:
+    """Start ``python -m loadtest.scalper`` and wait until it is ready to be told its window."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.scalper", ctx.base_url, flight, str(ctx.scalper_loops),
+        str(ctx.rng.randrange(2**32)), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    try:
+        ready = await asyncio.wait_for(process.stdout.readline(), SCALPER_START_SECONDS)
+    except TimeoutError:
+        ready = b""
+    if ready.strip() != b"ready":
+        process.kill()
+        await process.wait()
+        raise SetupFailed("the scalper's process did not start")
+    return process
+
+
+async def _scalper_result(process: asyncio.subprocess.Process, until: float) -> tuple[Scalper, dict[str, Series]]:
+    """The scalper's tally and recorded requests, once its loops end (killed if it overstays)."""
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), until - time.monotonic() + SCALPER_START_SECONDS)
+    except TimeoutError:
+        raise SetupFailed("the scalper's process did not finish") from None
+    if process.returncode != 0:
+        raise SetupFailed(f"the scalper's process exited with {process.returncode}")
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    return Scalper.from_tally(result["tally"]), {k: Series.from_dict(v) for k, v in result["series"].items()}
+
+
+async def _watch_peak(store: aioredis.Redis, flight: str, ids: list[str], sampled: Scalper,
+                      running: asyncio.Task[Any]) -> None:
+    """Sample the flight's seats until the scalper is done (and once after): the most it held at once.
+
+    A seat key is ``H|<order>|<deadline>`` while held (it lapses at the deadline by itself), so one MGET
+    of the flight's seats is one instant; each holding order's ``subject`` is read once, when first seen.
+    """
+    seat_keys = [keys.seat(flight, s) for s in ids]
+    scalper_subject = str(Subject("address", SCALPER_ADDRESS))
+    is_scalpers: dict[str, bool] = {}  # order id -> created by the scalper
+    started = time.monotonic()
+    while True:
+        done = running.done()
+        holders = [value.split("|", 2)[1] for value in await store.mget(seat_keys) if value and value[0] == "H"]
+        unknown = list({order for order in holders if order not in is_scalpers})
+        if unknown:
+            pipe = store.pipeline(transaction=False)
+            for order in unknown:
+                pipe.hget(keys.order(flight, order), "subject")
+            for order, subject in zip(unknown, await pipe.execute(), strict=True):
+                is_scalpers[order] = subject == scalper_subject
+        sampled.peak = max(sampled.peak, sum(1 for order in holders if is_scalpers[order]))
+        sampled.samples += 1
+        if done:
+            sampled.sampled_seconds = time.monotonic() - started
+            return
+        await asyncio.sleep(SAMPLE_SECONDS)
+
+
+async def _scalp(base_url: str, flight: str, loops: int, rng: random.Random) -> dict[str, Any]:
+    """The scalper's process: ``loops`` unpaced loops of one subject over the window read from stdin."""
+    recorder = Recorder()
+    scalper = Scalper()
+    client = Client(base_url, recorder, connections=loops)
     create = request_headers(address=SCALPER_ADDRESS, json=True)
-    rng = ctx.rng
+    hunt = seat_ids(SCALPER_ROWS, SCALPER_COLUMNS)[HONEST_SUBJECTS * HONEST_BLOCK:]
 
     async def loop(_index: int, until: float) -> None:
         owner: Owner | None = None
@@ -181,7 +275,7 @@ async def _scalp(ctx: Context, recorder: Recorder, *, flight: str, hunt: list[st
                     body = reply.json()
                     owner = Owner(body["orderId"], body["token"],
                                   request_headers(address=SCALPER_ADDRESS, token=body["token"], json=True))
-                    scalper.orders.add(owner.order_id)
+                    scalper.orders_created += 1
                     held, want = [], SCALPER_GRAB
                 continue
             wanted = rng.sample(hunt, want)
@@ -202,10 +296,15 @@ async def _scalp(ctx: Context, recorder: Recorder, *, flight: str, hunt: list[st
             if (await client.call(scalper.label, "DELETE", path, headers=owner.headers)).status != 429:
                 owner = None
 
+    print("ready", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    measure_from, until = (float(v) for v in line.split())
+    recorder.window(measure_from, until)
     try:
-        await closed_loop(loop, ctx.scalper_loops, until)
+        await closed_loop(loop, loops, until)
     finally:
         await client.close()
+    return {"tally": scalper.tally(), "series": {k: v.to_dict() for k, v in recorder.series.items()}}
 
 
 def _seats_left(reply: Reply, scalper: Scalper) -> int:
@@ -217,22 +316,19 @@ def _seats_left(reply: Reply, scalper: Scalper) -> int:
     return int(details["limit"]) - int(details["current"])
 
 
-async def _watch_peak(store: aioredis.Redis, seat_keys: list[str], scalper: Scalper,
-                      scalping: asyncio.Task[None]) -> None:
-    """Sample the flight's seats until the scalper is done (and once after): the most its orders held at once.
+def main(argv: list[str] | None = None) -> None:
+    """``python -m loadtest.scalper BASE_URL FLIGHT LOOPS SEED``: prints ``ready``, reads ``<measure from>
+    <until>`` (monotonic seconds, the clock every process of this machine shares) from stdin, runs, then
+    prints one JSON line: the tally and the recorded requests (``loadtest.stats.Series.to_dict``)."""
+    import uvloop
 
-    A seat key is ``H|<order>|<deadline>`` while held (it lapses at the deadline by itself), so one MGET
-    of the flight's seats counts the scalper's holds at one instant.
-    """
-    started = time.monotonic()
-    while True:
-        done = scalping.done()
-        values = await store.mget(seat_keys)
-        held = sum(1 for value in values if value and value.startswith("H|")
-                   and value.split("|", 2)[1] in scalper.orders)
-        scalper.peak = max(scalper.peak, held)
-        scalper.samples += 1
-        if done:
-            scalper.sampled_seconds = time.monotonic() - started
-            return
-        await asyncio.sleep(SAMPLE_SECONDS)
+    from service.process import freeze_startup_heap
+
+    base_url, flight, loops, seed = sys.argv[1:] if argv is None else argv
+    freeze_startup_heap()
+    rng = random.Random(int(seed))  # noqa: S311 - reproducible load, not secrets
+    print(json.dumps(uvloop.run(_scalp(base_url, flight, int(loops), rng))), flush=True)
+
+
+if __name__ == "__main__":
+    main()

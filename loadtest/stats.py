@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -36,6 +37,19 @@ class Series:
     refused: int = 0
     transport_errors: int = 0
     warmup: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready, for a recorder in another process (``from_dict`` reads it back)."""
+        return {"latencies": self.latencies, "statuses": {str(k): v for k, v in self.statuses.items()},
+                "conflicts": self.conflicts, "refused": self.refused, "transport_errors": self.transport_errors,
+                "warmup": self.warmup}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Series:
+        """The inverse of :meth:`to_dict`."""
+        statuses = Counter({int(k): int(v) for k, v in data["statuses"].items()})
+        return cls([float(v) for v in data["latencies"]], statuses, int(data["conflicts"]), int(data["refused"]),
+                   int(data["transport_errors"]), int(data["warmup"]))
 
 
 @dataclass(frozen=True, slots=True)

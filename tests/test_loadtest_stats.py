@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import itertools
+import json
 import math
 import time
 from collections import Counter
@@ -18,7 +19,7 @@ from loadtest.invariants import InvariantReport, check_ownership, recount
 from loadtest.pacing import arrival_times, closed_loop, open_loop
 from loadtest.report import parse_metrics, server_view
 from loadtest.scalper import Scalper
-from loadtest.stats import Recorder, percentile
+from loadtest.stats import Recorder, Series, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -72,6 +73,20 @@ def test_recorder_counts_refusals_by_the_controls() -> None:
     summary = recorder.summary()
     assert (summary.refused, summary.conflicts, summary.requests) == (2, 1, 3)
     assert summary.as_dict()["refused"] == 2
+
+
+def test_series_cross_a_process_boundary_unchanged() -> None:
+    """A recorder's series sent as JSON (the scalper's process) summarise exactly as the originals."""
+    recorder = Recorder()
+    recorder.window(0.0, 10.0)
+    for i, status in enumerate((200, 429, 409, 0, 503)):
+        recorder.record("x", 1.0 + i, 1.5 + i, status, conflict=status == 409, refused=status == 429)
+    recorder.record("x", 11.0, 11.1, 200)
+    copy = Recorder()
+    copy.window(0.0, 10.0)
+    copy.series = {k: Series.from_dict(json.loads(json.dumps(v.to_dict()))) for k, v in recorder.series.items()}
+    assert copy.summary() == recorder.summary()
+    assert copy.series["x"] == recorder.series["x"]
 
 
 def test_replies_name_the_control_that_refused_them() -> None:
