@@ -52,8 +52,12 @@ from service.devrunner import free_port, redis_binary, stop_all, wait_for_ready,
 FAULT_KINDS = ("worker_kill", "worker_pause", "redis_kill", "script_flush", "client_pause",
                "client_kill_pubsub", "client_kill_normal")
 # The service as the fault run configures it: short holds (abandoned orders expire inside the run),
-# a gateway whose latency sits at its timeout (answers land on both sides), some declines.
+# a gateway whose latency sits at its timeout (answers land on both sides), some declines, and no
+# per-subject limits: every buyer comes from 127.0.0.1, and the run is about outcomes, not crowds.
 SERVICE_ENV = {
+    "SEATS_RATE_LIMIT_WRITES": "off",
+    "SEATS_MAX_HELD_SEATS_PER_SUBJECT": "0",
+    "SEATS_MAX_OPEN_ORDERS_PER_SUBJECT": "0",
     "SEATS_HOLD_SECONDS": "3",
     "SEATS_PAYMENT_LATENCY_SECONDS": "0.29",
     "SEATS_PAYMENT_TIMEOUT_SECONDS": "0.3",

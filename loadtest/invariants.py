@@ -38,6 +38,12 @@ class InvariantReport:
     warnings: list[str] = field(default_factory=list)
     checked: Counter[str] = field(default_factory=Counter)
 
+    def add(self, other: InvariantReport) -> None:
+        """Fold ``other``'s findings into this report."""
+        self.violations += other.violations
+        self.warnings += other.warnings
+        self.checked.update(other.checked)
+
     @property
     def ok(self) -> bool:
         """No violation."""
@@ -210,9 +216,7 @@ async def check_all(
                 await asyncio.sleep(1.0)
                 attempt = InvariantReport()
                 await check_flight(client, api, flight_id, attempt)
-            report.violations += attempt.violations
-            report.warnings += attempt.warnings
-            report.checked.update(attempt.checked)
+            report.add(attempt)
     finally:
         await client.aclose()
     return report

@@ -108,23 +108,23 @@ def _cell(value: object) -> str:
 
 def table(report: dict[str, Any]) -> str:
     """The terminal table: one line per measured phase, then ratios and invariants."""
-    header = ("phase", "rps", "p50 ms", "p95 ms", "p99 ms", "errors", "conflicts", "api µs/req")
+    header = ("phase", "rps", "p50 ms", "p95 ms", "p99 ms", "errors", "conflicts", "refused", "api µs/req")
     rows: list[tuple[object, ...]] = []
     baseline = report.get("baseline") or {}
     if "rps" in baseline:
         rows.append(("baseline POST", baseline["rps"], baseline["p50_ms"], baseline["p95_ms"], baseline["p99_ms"],
-                     baseline["errors"], 0, baseline.get("server_cpu_us_per_req")))
+                     baseline["errors"], 0, 0, baseline.get("server_cpu_us_per_req")))
     get = baseline.get("get") or {}
     if get:
-        rows.append(("baseline GET", get["rps"], get["p50_ms"], get["p95_ms"], get["p99_ms"], get["errors"], 0,
+        rows.append(("baseline GET", get["rps"], get["p50_ms"], get["p95_ms"], get["p99_ms"], get["errors"], 0, 0,
                      get.get("server_cpu_us_per_req")))
     for name, phase in report["scenarios"].items():
         rows.append((name, phase["rps"], phase["p50_ms"], phase["p95_ms"], phase["p99_ms"], phase["errors"],
-                     phase["conflicts"], phase.get("server_cpu_us_per_req")))
+                     phase["conflicts"], phase.get("refused", 0), phase.get("server_cpu_us_per_req")))
         for endpoint, summary in phase.get("endpoints", {}).items():
             if len(phase.get("endpoints", {})) > 1:
                 rows.append((f"  {endpoint}", summary["rps"], summary["p50_ms"], summary["p95_ms"], summary["p99_ms"],
-                             summary["errors"], summary["conflicts"], None))
+                             summary["errors"], summary["conflicts"], summary.get("refused", 0), None))
     cells = [header, *[tuple(_cell(v) for v in row) for row in rows]]
     widths = [max(len(str(r[i])) for r in cells) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths,
@@ -140,6 +140,12 @@ def table(report: dict[str, Any]) -> str:
         if phase.get("extra", {}).get("payments_per_s") is not None:
             extras.append(f"{name}: {phase['extra']['payments_per_s']} payments/s confirmed "
                           f"({phase['extra'].get('measured', 'end to end')})")
+        scalper = phase.get("extra", {}).get("scalper")
+        if scalper:
+            outcomes = ", ".join(f"{k} {v}" for k, v in scalper["outcomes"].items())
+            extras.append(f"{name}: scalper ({phase['extra']['scalper_loops']} loops, one address): {outcomes}; "
+                          f"held at most {scalper['peak_held_seats']} seats at once (cap {scalper['seat_cap']}; "
+                          f"{scalper['samples']} samples, every {scalper['sample_interval_ms']} ms)")
         sse = phase.get("extra", {}).get("sse")
         if sse:
             extras.append(f"{name}: SSE {sse['connected']}/{sse['watchers']} watchers, {sse['events']} events, "

@@ -8,22 +8,28 @@
                flight-stream (SSE) watchers measuring change-to-delivery delay;
 ``read``       the seat map of a 50,000-seat flight polled with ``If-None-Match`` (304),
                ``/seats/version``, and the full map;
-``pay``        pre-held orders all pay at once: payments confirmed per second, end to end.
+``pay``        pre-held orders all pay at once: payments confirmed per second, end to end;
+``scalper``    50 honest subjects swap small blocks at a human pace, alone and then while one
+               subject tries to take the flight (``loadtest.scalper``).
+
+Every user, buyer and order owner is a subject of its own (``Context.new_address``, sent as
+``X-Forwarded-For``): the spec §10 limits count per subject, as they would for a real crowd.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
 
-from loadtest.client import Client, Reply, StreamStats, watch_flight
+from loadtest.client import Client, Reply, StreamStats, request_headers, subject_address, watch_flight
 from loadtest.pacing import PacingStats, closed_loop, open_loop
 from loadtest.stats import Recorder, percentile
 from service import keys
@@ -63,7 +69,18 @@ class Context:
     watchers: int = 20
     pay_orders: int = 3000
     pause_worker: Callable[[bool], None] | None = None
+    scalper_loops: int = 16
     flights: list[str] = field(default_factory=list)
+    subjects: Iterator[int] = field(default_factory=itertools.count)
+
+    def new_address(self) -> str:
+        """A client address no other simulated user of this run has had (its ``X-Forwarded-For``)."""
+        return subject_address(next(self.subjects))
+
+    def crowd_headers(self, count: int, *, json: bool = False, extra: dict[str, str] | None = None,
+                      ) -> list[dict[str, str]]:
+        """The prebuilt headers of ``count`` anonymous users, one new address each."""
+        return [request_headers(address=self.new_address(), json=json, extra=extra) for _ in range(count)]
 
 
 @dataclass
@@ -76,6 +93,16 @@ class Phase:
     pacing: PacingStats
     usage: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)  # the scenario's own invariants (scalper: the caps)
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """An order and its owner: the headers of its requests, built once (token, JSON, the owner's address)."""
+
+    order_id: str
+    token: str
+    headers: dict[str, str]
 
 
 async def bounded(coros: list[Coroutine[Any, Any, Reply]], limit: int = SETUP_CONCURRENCY) -> list[Reply]:
@@ -100,16 +127,19 @@ async def new_flight(ctx: Context, client: Client, tag: str, rows: int, columns:
     return flight_id
 
 
-async def create_orders(client: Client, flight_id: str, count: int) -> list[tuple[str, str]]:
-    """``count`` orders on ``flight_id``: (order id, token) each."""
-    replies = await bounded([client.call(None, "POST", "/orders", json={"flightId": flight_id})
-                             for _ in range(count)])
+async def create_orders(ctx: Context, client: Client, flight_id: str, count: int) -> list[Owner]:
+    """``count`` orders on ``flight_id``, each created by a subject of its own."""
+    addresses = [ctx.new_address() for _ in range(count)]
+    replies = await bounded([client.call(None, "POST", "/orders", json={"flightId": flight_id},
+                                         headers=request_headers(address=address, json=True))
+                             for address in addresses])
     orders = []
-    for reply in replies:
+    for address, reply in zip(addresses, replies, strict=True):
         if reply.status != 201:
             raise SetupFailed(f"POST /orders answered {reply.status}: {reply.body[:200]!r}")
         body = reply.json()
-        orders.append((body["orderId"], body["token"]))
+        orders.append(Owner(body["orderId"], body["token"],
+                            request_headers(address=address, token=body["token"], json=True)))
     return orders
 
 
@@ -127,10 +157,13 @@ async def drive(
     ctx: Context,
     recorder: Recorder,
     user_step: Callable[[int], Coroutine[Any, Any, None]],
-    open_step: Callable[[float], Coroutine[Any, Any, None]],
+    open_step: Callable[[float], Coroutine[Any, Any, None]] | None,
     load: Load | None = None,
 ) -> tuple[PacingStats, dict[str, float]]:
-    """Run one load pattern: warm-up, then the measured window; resource usage over the window."""
+    """Run one load pattern: warm-up, then the measured window; resource usage over the window.
+
+    ``open_step`` may be None for a pattern that is closed loop only (``load.rate`` must be None).
+    """
     load = load or ctx.load
     start = time.monotonic() + 0.05
     measure_from = start + load.warmup
@@ -138,6 +171,8 @@ async def drive(
     recorder.window(measure_from, stop)
     sampler = asyncio.create_task(_sample(ctx.probe, measure_from, stop))
     if load.rate:
+        if open_step is None:
+            raise ValueError("this load pattern is closed loop only")
         pacing = await open_loop(open_step, load.rate, start, stop)
     else:
         async def user(index: int, until: float) -> None:
@@ -167,7 +202,7 @@ async def run_hold(ctx: Context) -> list[Phase]:
     client = Client(ctx.base_url, recorder, connections=pool)
     try:
         flight = await new_flight(ctx, client, "H", HOLD_ROWS, HOLD_COLUMNS)
-        orders = await create_orders(client, flight, pool)
+        orders = await create_orders(ctx, client, flight, pool)
         rows_per_order = max(1, HOLD_ROWS // pool)
         rng = ctx.rng
 
@@ -177,9 +212,9 @@ async def run_hold(ctx: Context) -> list[Phase]:
             return {"seats": [f"{row}{c}" for c in HOLD_COLUMNS[first : first + HOLD_BLOCK]]}
 
         def hold(index: int, scheduled: float | None) -> Coroutine[Any, Any, Reply]:
-            order_id, token = orders[index]
-            return client.call("hold", "POST", f"/orders/{order_id}/seats", json=block(index), token=token,
-                               scheduled=scheduled)
+            owner = orders[index]
+            return client.call("hold", "POST", f"/orders/{owner.order_id}/seats", json=block(index),
+                               headers=owner.headers, scheduled=scheduled)
 
         await bounded([hold(i, None) for i in range(pool)])  # first holds: every later one is a swap
         idle: asyncio.Queue[int] = asyncio.Queue()
@@ -224,12 +259,12 @@ class Crowd:
         self.outcomes[name] = self.outcomes.get(name, 0) + 1
 
 
-async def _poll_terminal(client: Client, order_id: str, token: str, limit: float) -> str:
+async def _poll_terminal(client: Client, owner: Owner, limit: float) -> str:
     """GET the order until it is terminal or ``limit`` (monotonic) passes; its last state."""
     state = "PAYING"
     while time.monotonic() < limit:
         await asyncio.sleep(POLL_INTERVAL)
-        reply = await client.call("order", "GET", f"/orders/{order_id}", token=token)
+        reply = await client.call("order", "GET", f"/orders/{owner.order_id}", headers=owner.headers)
         if reply.status == 200:
             state = reply.json()["state"]
             if state in TERMINAL:
@@ -245,22 +280,25 @@ async def _buyer_session(
     ctx: Context, client: Client, crowd: Crowd, pick: Callable[[int], list[str]], *,
     scheduled: float | None, swap: float, pay: float, cancel: float, on_full: Callable[[], Awaitable[None]] | None,
 ) -> None:
-    """One buyer: create, hold (retrying refusals), maybe swap, then pay, cancel or walk away."""
+    """One buyer (a subject of its own): create, hold (retrying refusals), maybe swap, then pay, cancel or walk away."""
     rng = ctx.rng
     crowd.sessions += 1
     flight = crowd.flight
-    reply = await client.call("create", "POST", "/orders", json={"flightId": flight}, scheduled=scheduled)
+    address = ctx.new_address()
+    reply = await client.call("create", "POST", "/orders", json={"flightId": flight}, scheduled=scheduled,
+                              headers=request_headers(address=address, json=True))
     if reply.status != 201:
         crowd.outcome("create_failed")
         return
     created = reply.json()
-    order_id, token = created["orderId"], created["token"]
-    path = f"/orders/{order_id}"
+    owner = Owner(created["orderId"], created["token"],
+                  request_headers(address=address, token=created["token"], json=True))
+    path = f"/orders/{owner.order_id}"
     seats: list[str] = []
     for _ in range(4):
         wanted = pick(rng.randint(1, 4))
         crowd.hold_attempts += 1
-        reply = await client.call(_hold_name, "POST", f"{path}/seats", json={"seats": wanted}, token=token)
+        reply = await client.call(_hold_name, "POST", f"{path}/seats", json={"seats": wanted}, headers=owner.headers)
         if reply.status == 200:
             seats = wanted
             crowd.refused_in_a_row = 0
@@ -273,39 +311,39 @@ async def _buyer_session(
         crowd.outcome("gave_up")
         if on_full is not None and crowd.refused_in_a_row >= 50:
             await on_full()
-        await client.call("cancel", "DELETE", path, token=token)
+        await client.call("cancel", "DELETE", path, headers=owner.headers)
         return
-    await _after_hold(ctx, client, crowd, pick, order_id=order_id, token=token, seats=seats, swap=swap, pay=pay,
-                      cancel=cancel, on_full=on_full)
+    await _after_hold(ctx, client, crowd, pick, owner=owner, seats=seats, swap=swap, pay=pay, cancel=cancel,
+                      on_full=on_full)
 
 
 async def _after_hold(
-    ctx: Context, client: Client, crowd: Crowd, pick: Callable[[int], list[str]], *, order_id: str, token: str,
+    ctx: Context, client: Client, crowd: Crowd, pick: Callable[[int], list[str]], *, owner: Owner,
     seats: list[str], swap: float, pay: float, cancel: float, on_full: Callable[[], Awaitable[None]] | None,
 ) -> None:
     """The rest of a buyer's session once seats are held: swap, then pay, cancel or walk away."""
     rng = ctx.rng
-    path = f"/orders/{order_id}"
+    path = f"/orders/{owner.order_id}"
     if rng.random() < swap:
         wanted = seats[: (len(seats) + 1) // 2] + pick(rng.randint(1, 2))
         wanted = list(dict.fromkeys(wanted))
         crowd.hold_attempts += 1
-        reply = await client.call("swap", "POST", f"{path}/seats", json={"seats": wanted}, token=token)
+        reply = await client.call("swap", "POST", f"{path}/seats", json={"seats": wanted}, headers=owner.headers)
         if reply.status == 200:
             seats = wanted
     roll = rng.random()
     if roll < cancel:
-        await client.call("cancel", "DELETE", path, token=token)
+        await client.call("cancel", "DELETE", path, headers=owner.headers)
         crowd.outcome("cancelled")
         return
     if roll >= cancel + pay:
         crowd.outcome("abandoned")
         return
-    reply = await client.call("pay", "POST", f"{path}/payment", json=PAY_CODE, token=token)
+    reply = await client.call("pay", "POST", f"{path}/payment", json=PAY_CODE, headers=owner.headers)
     if reply.status != 202:
         crowd.outcome("pay_refused")
         return
-    state = await _poll_terminal(client, order_id, token, time.monotonic() + 20)
+    state = await _poll_terminal(client, owner, time.monotonic() + 20)
     crowd.outcome(state.lower())
     if state == "CONFIRMED":
         crowd.sold += len(seats)
@@ -407,7 +445,7 @@ async def run_full(ctx: Context) -> list[Phase]:
     async def watch(flight_id: str) -> None:
         stop = time.monotonic() + ctx.load.warmup + ctx.load.duration + 1.0
         url = f"{ctx.base_url}/flights/{flight_id}/events"
-        watchers.extend(asyncio.create_task(watch_flight(watch_session, url, stop, stream))
+        watchers.extend(asyncio.create_task(watch_flight(watch_session, url, stop, stream, ctx.new_address()))
                         for _ in range(ctx.watchers))
         await asyncio.sleep(0.5)  # let the watchers subscribe before the crowd arrives
 
@@ -449,20 +487,22 @@ async def run_read(ctx: Context) -> list[Phase]:
         etag = {"If-None-Match": f'"{first.json()["hash"]}"'}
         full_rate = min(ctx.load.rate, FULL_MAP_RATE) if ctx.load.rate else None
         full_load = Load(ctx.load.duration, ctx.load.warmup, full_rate, min(ctx.load.users, FULL_MAP_USERS))
-        for name, path, headers, load in (
-            ("seats 304", f"/flights/{flight}/seats", etag, ctx.load),
-            ("seats/version", f"/flights/{flight}/seats/version", {}, ctx.load),
-            ("seats full map", f"/flights/{flight}/seats", {}, full_load),
+        pool = _pool_size(ctx.load)
+        for name, path, users, load in (
+            ("seats 304", f"/flights/{flight}/seats", ctx.crowd_headers(pool, extra=etag), ctx.load),
+            ("seats/version", f"/flights/{flight}/seats/version", ctx.crowd_headers(pool), ctx.load),
+            ("seats full map", f"/flights/{flight}/seats", ctx.crowd_headers(pool), full_load),
         ):
             recorder = client.recorder = Recorder()
+            turns = itertools.cycle(users)
 
-            async def user_step(_index: int, path: str = path, headers: dict[str, str] = headers,
+            async def user_step(index: int, path: str = path, users: list[dict[str, str]] = users,
                                 name: str = name) -> None:
-                await client.call(name, "GET", path, headers=headers)
+                await client.call(name, "GET", path, headers=users[index])
 
-            async def open_step(scheduled: float, path: str = path, headers: dict[str, str] = headers,
+            async def open_step(scheduled: float, path: str = path, turns: Iterator[dict[str, str]] = turns,
                                 name: str = name) -> None:
-                await client.call(name, "GET", path, headers=headers, scheduled=scheduled)
+                await client.call(name, "GET", path, headers=next(turns), scheduled=scheduled)
 
             pacing, usage = await drive(ctx, recorder, user_step, open_step, load)
             extra: dict[str, Any] = {"flight": flight, "seats": READ_ROWS * len(READ_COLUMNS)}
@@ -494,10 +534,10 @@ async def run_pay(ctx: Context) -> list[Phase]:
     try:
         flight = await new_flight(ctx, client, "P", PAY_ROWS, PAY_COLUMNS)
         count = min(ctx.pay_orders, PAY_ROWS * len(PAY_COLUMNS))
-        orders = await create_orders(client, flight, count)
+        orders = await create_orders(ctx, client, flight, count)
         seat_ids = [f"{r}{c}" for r in range(1, PAY_ROWS + 1) for c in PAY_COLUMNS]
-        held = await bounded([client.call(None, "POST", f"/orders/{o}/seats", json={"seats": [seat_ids[i]]}, token=t)
-                              for i, (o, t) in enumerate(orders)])
+        held = await bounded([client.call(None, "POST", f"/orders/{o.order_id}/seats", json={"seats": [seat_ids[i]]},
+                                          headers=o.headers) for i, o in enumerate(orders)])
         if any(r.status != 200 for r in held):
             raise SetupFailed("holding the pay scenario's seats failed")
         queue = iter(range(count))
@@ -510,8 +550,9 @@ async def run_pay(ctx: Context) -> list[Phase]:
             for i in queue:
                 if time.monotonic() >= until:
                     return
-                order_id, token = orders[i]
-                await client.call("pay", "POST", f"/orders/{order_id}/payment", json=PAY_CODE, token=token)
+                owner = orders[i]
+                await client.call("pay", "POST", f"/orders/{owner.order_id}/payment", json=PAY_CODE,
+                                  headers=owner.headers)
 
         before = await ctx.probe() if ctx.probe else {}
         drain = ctx.pause_worker is not None
@@ -524,7 +565,7 @@ async def run_pay(ctx: Context) -> list[Phase]:
             if drain:
                 started_wall = time.time()
                 ctx.pause_worker(False)  # type: ignore[misc]
-        states = await _settle(store, flight, [o for o, _ in orders], time.monotonic() + PAY_SETTLE_SECONDS)
+        states = await _settle(store, flight, [o.order_id for o in orders], time.monotonic() + PAY_SETTLE_SECONDS)
         after = await ctx.probe() if ctx.probe else {}
     finally:
         await client.close()
@@ -566,10 +607,17 @@ async def _settle(store: aioredis.Redis, flight: str, order_ids: list[str], limi
         await asyncio.sleep(0.5)
 
 
+def _run_scalper(ctx: Context) -> Awaitable[list[Phase]]:
+    from loadtest.scalper import run_scalper  # imports this module
+
+    return run_scalper(ctx)
+
+
 SCENARIOS: dict[str, Callable[[Context], Awaitable[list[Phase]]]] = {
     "hold": run_hold,
     "contended": run_contended,
     "full": run_full,
     "read": run_read,
     "pay": run_pay,
+    "scalper": _run_scalper,
 }

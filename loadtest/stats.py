@@ -11,6 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -33,8 +34,22 @@ class Series:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[int] = field(default_factory=Counter)
     conflicts: int = 0
+    refused: int = 0
     transport_errors: int = 0
     warmup: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready, for a recorder in another process (``from_dict`` reads it back)."""
+        return {"latencies": self.latencies, "statuses": {str(k): v for k, v in self.statuses.items()},
+                "conflicts": self.conflicts, "refused": self.refused, "transport_errors": self.transport_errors,
+                "warmup": self.warmup}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Series:
+        """The inverse of :meth:`to_dict`."""
+        statuses = Counter({int(k): int(v) for k, v in data["statuses"].items()})
+        return cls([float(v) for v in data["latencies"]], statuses, int(data["conflicts"]), int(data["refused"]),
+                   int(data["transport_errors"]), int(data["warmup"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +65,7 @@ class Summary:
     errors: int
     server_errors: int
     conflicts: int
+    refused: int  # by a spec §10 control: 429 rate_limited or 409 subject_limit_reached
     statuses: dict[str, int]
 
     def as_dict(self) -> dict[str, object]:
@@ -61,7 +77,7 @@ class Summary:
             "requests": self.requests, "rps": round(self.rps, 1),
             "p50_ms": clean(self.p50_ms), "p95_ms": clean(self.p95_ms), "p99_ms": clean(self.p99_ms),
             "max_ms": clean(self.max_ms), "errors": self.errors, "server_errors": self.server_errors,
-            "conflicts": self.conflicts, "statuses": self.statuses,
+            "conflicts": self.conflicts, "refused": self.refused, "statuses": self.statuses,
         }
 
 
@@ -69,11 +85,12 @@ def summarise(series: Iterable[Series], window_seconds: float) -> Summary:
     """Merge ``series`` and summarise them over a measured window of ``window_seconds``."""
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
-    conflicts = transport = 0
+    conflicts = refused = transport = 0
     for one in series:
         latencies.extend(one.latencies)
         statuses.update(one.statuses)
         conflicts += one.conflicts
+        refused += one.refused
         transport += one.transport_errors
     latencies.sort()
     server_errors = sum(n for status, n in statuses.items() if status >= 500)
@@ -88,6 +105,7 @@ def summarise(series: Iterable[Series], window_seconds: float) -> Summary:
         errors=server_errors + transport,
         server_errors=server_errors,
         conflicts=conflicts,
+        refused=refused,
         statuses={str(k): v for k, v in sorted(statuses.items())},
     )
 
@@ -104,8 +122,9 @@ class Recorder:
         """Set the measured window (monotonic seconds): warm-up before it, drain after it."""
         self.measure_from, self.measure_until = start, end
 
-    def record(self, name: str, scheduled: float, finished: float, status: int, *, conflict: bool = False) -> None:
-        """One response (``status`` 0 = no response: connection error or timeout)."""
+    def record(self, name: str, scheduled: float, finished: float, status: int, *, conflict: bool = False,
+               refused: bool = False) -> None:
+        """One response (``status`` 0 = no response: connection error or timeout; ``refused``: by a control)."""
         series = self.series.get(name)
         if series is None:
             series = self.series[name] = Series()
@@ -120,6 +139,8 @@ class Recorder:
         series.statuses[status] += 1
         if conflict:
             series.conflicts += 1
+        if refused:
+            series.refused += 1
 
     def summary(self, names: Iterable[str] | None = None) -> Summary:
         """Summary of the named endpoints (all when ``names`` is None) over the measured window."""

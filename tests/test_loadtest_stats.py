@@ -1,20 +1,25 @@
-"""The load harness's own arithmetic: percentiles, windows, pacing, metrics parsing, invariants."""
+"""The load harness's own arithmetic: percentiles, windows, pacing, metrics parsing, invariants, subjects, options."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import ipaddress
 import itertools
+import json
 import math
 import time
 from collections import Counter
 
 import pytest
 
-from loadtest.client import NotLocal, check_local
+from loadtest.cli import UNREFUSED, UsageError, add_arguments, spawn_env
+from loadtest.client import SUBJECT_NETWORK, NotLocal, Reply, check_local, request_headers, subject_address
 from loadtest.invariants import InvariantReport, check_ownership, recount
 from loadtest.pacing import arrival_times, closed_loop, open_loop
 from loadtest.report import parse_metrics, server_view
-from loadtest.stats import Recorder, percentile
+from loadtest.scalper import Scalper
+from loadtest.stats import Recorder, Series, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -55,6 +60,89 @@ def test_recorder_excludes_warmup_and_drain_and_measures_from_schedule() -> None
     assert summary.server_errors == 1
     assert summary.errors == 2
     assert recorder.series["hold"].warmup == 2
+
+
+def test_recorder_counts_refusals_by_the_controls() -> None:
+    """Requests a limit refused are counted apart from seat conflicts (only inside the window)."""
+    recorder = Recorder()
+    recorder.window(0.0, 10.0)
+    recorder.record("hold", 1.0, 1.1, 429, refused=True)
+    recorder.record("hold", 2.0, 2.1, 409, refused=True)
+    recorder.record("hold", 3.0, 3.1, 409, conflict=True)
+    recorder.record("hold", 11.0, 11.1, 429, refused=True)  # after the window
+    summary = recorder.summary()
+    assert (summary.refused, summary.conflicts, summary.requests) == (2, 1, 3)
+    assert summary.as_dict()["refused"] == 2
+
+
+def test_series_cross_a_process_boundary_unchanged() -> None:
+    """A recorder's series sent as JSON (the scalper's process) summarise exactly as the originals."""
+    recorder = Recorder()
+    recorder.window(0.0, 10.0)
+    for i, status in enumerate((200, 429, 409, 0, 503)):
+        recorder.record("x", 1.0 + i, 1.5 + i, status, conflict=status == 409, refused=status == 429)
+    recorder.record("x", 11.0, 11.1, 200)
+    copy = Recorder()
+    copy.window(0.0, 10.0)
+    copy.series = {k: Series.from_dict(json.loads(json.dumps(v.to_dict()))) for k, v in recorder.series.items()}
+    assert copy.summary() == recorder.summary()
+    assert copy.series["x"] == recorder.series["x"]
+
+
+def test_replies_name_the_control_that_refused_them() -> None:
+    """429 is the rate limiter, a 409 subject_limit_reached the caps; a seat conflict or a 200 is neither."""
+    assert Reply(429, b'{"error":"rate_limited"}').refusal == "rate_limited"
+    assert Reply(409, b'{"error":"subject_limit_reached"}').refusal == "subject_limit_reached"
+    assert Reply(409, b'{"error":"seats_unavailable"}').refusal is None
+    assert Reply(200, b"{}").refusal is None
+
+
+def test_every_simulated_user_has_its_own_ipv4_address() -> None:
+    """Subject addresses are distinct, in the benchmarking network, never its network or broadcast address."""
+    addresses = [subject_address(i) for i in range(SUBJECT_NETWORK.num_addresses - 2)]
+    assert len(set(addresses)) == len(addresses)
+    parsed = {ipaddress.IPv4Address(a) for a in (addresses[0], addresses[-1])}
+    assert all(a in SUBJECT_NETWORK for a in parsed)
+    assert SUBJECT_NETWORK.network_address not in parsed and SUBJECT_NETWORK.broadcast_address not in parsed
+    assert request_headers(address=addresses[0], token="t", json=True) == {
+        "Content-Type": "application/json", "Authorization": "Bearer t", "X-Forwarded-For": addresses[0]}
+
+
+def test_scalper_invariants() -> None:
+    """The scalper must have been capped at least once and never hold more than the strictest cap it was told."""
+    scalper = Scalper()
+    assert "never refused by the seat cap" in scalper.violations()[0]
+    scalper.seat_caps.add(10)
+    scalper.peak = 10
+    assert scalper.violations() == []
+    scalper.peak = 11
+    assert scalper.violations() == ["scalper: held 11 seats at once, over its cap of 10"]
+    assert scalper.label(Reply(429, b"")) == "scalper.rate_limited"
+    assert scalper.label(Reply(409, b'{"error":"seats_unavailable"}')) == "scalper.other"
+    assert scalper.report()["outcomes"] == {"accepted": 0, "rate_limited": 1, "subject_limit_reached": 0, "other": 1}
+    assert scalper.report()["other"] == {"409 seats_unavailable": 1}
+
+
+def _options(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_spawned_settings_follow_the_scenarios() -> None:
+    """Throughput scenarios raise the write limit (caps kept), scalper keeps the service's limits, --env wins,
+    and scenarios that need different services are refused."""
+    hold = spawn_env(_options("--spawn", "--scenario", "hold", "--scenario", "read"))
+    assert hold["SEATS_TRUSTED_PROXIES"] == "127.0.0.1/32"
+    assert hold["SEATS_RATE_LIMIT_WRITES"] == UNREFUSED["SEATS_RATE_LIMIT_WRITES"]
+    assert "SEATS_MAX_HELD_SEATS_PER_SUBJECT" not in hold
+    scalper = spawn_env(_options("--spawn", "--scenario", "scalper", "--scenario", "read"))
+    assert "SEATS_RATE_LIMIT_WRITES" not in scalper
+    chosen = spawn_env(_options("--spawn", "--scenario", "pay", "--env", "SEATS_RATE_LIMIT_WRITES=off"))
+    assert chosen["SEATS_RATE_LIMIT_WRITES"] == "off"
+    with pytest.raises(UsageError, match="cannot share one spawned service"):
+        spawn_env(_options("--spawn", "--scenario", "scalper", "--scenario", "contended"))
+    spawn_env(_options("--url", "http://127.0.0.1:1", "--scenario", "hold", "--scenario", "scalper"))  # no spawn
 
 
 def test_arrival_times_are_evenly_spaced_and_bounded() -> None:
