@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -41,11 +42,16 @@ def rate_headers(state: str | None) -> dict[str, str]:
     """The RateLimit headers from a script's limiter state ``remaining|reset ms|count|window ms``."""
     if not state:
         return {}
-    remaining, reset_ms, count, window_ms = state.split("|")
-    return {
-        "RateLimit-Policy": f'"{POLICY}";q={count};w={math.ceil(int(window_ms) / 1000)}',
-        "RateLimit": f'"{POLICY}";r={remaining};t={math.ceil(int(reset_ms) / 1000)}',
-    }
+    remaining, reset_ms, policy = state.split("|", 2)
+    return {"RateLimit-Policy": _policy(policy),
+            "RateLimit": f'"{POLICY}";r={remaining};t={-(-int(reset_ms) // 1000)}'}
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(count_and_window_ms: str) -> str:
+    """``RateLimit-Policy`` of ``<count>|<window ms>``: one setting per process, formatted once."""
+    count, window_ms = count_and_window_ms.split("|")
+    return f'"{POLICY}";q={count};w={math.ceil(int(window_ms) / 1000)}'
 
 
 def rate_limited(refusal: Refusal) -> errors.RateLimited:

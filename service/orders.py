@@ -122,13 +122,34 @@ class ScriptResult:
     record: Record | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Caller:
-    """Who sends a write: its subject, and its Idempotency-Key with the body's fingerprint (if any)."""
+    """Who sends a write: its subject, and its Idempotency-Key with the body's fingerprint (if any).
 
-    subject: Subject
-    idempotency_key: str | None = None
-    fingerprint: str = ""
+    ``subject`` may be given as a function: it is then resolved once, on first use. A hold, a payment
+    or a cancel counts against its order's subject, which this process usually knows already, so the
+    request's own address is then never worked out (it was 4 % of a hold's CPU).
+    """
+
+    __slots__ = ("_resolve", "_subject", "fingerprint", "idempotency_key")
+
+    def __init__(self, subject: Subject | Callable[[], Subject], idempotency_key: str | None = None,
+                 fingerprint: str = "") -> None:
+        self._subject = subject if isinstance(subject, Subject) else None
+        self._resolve = None if isinstance(subject, Subject) else subject
+        self.idempotency_key = idempotency_key
+        self.fingerprint = fingerprint
+
+    @property
+    def subject(self) -> Subject:
+        """The subject (resolved now if it was not yet)."""
+        if self._subject is None:
+            assert self._resolve is not None
+            self._subject = self._resolve()
+        return self._subject
+
+    def subject_key(self, flight_id: str) -> Callable[[], str]:
+        """The subject's hash on ``flight_id``, worked out only if asked for."""
+        return lambda: keys.subject(flight_id, str(self.subject))
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,25 +204,26 @@ class OrderScripts:
         args: Sequence[Arg] = (),
         new_seats: Sequence[str] = (),
         *,
-        subject_key: str | None = None,
+        subject_key: Callable[[], str] | None = None,
         controls: str = "",
         keyed: KeyedRequest | None = None,
     ) -> ScriptResult:
         """Run ``name`` with the order's current seat keys, retrying when our view of its seats or of its
-        subject (``subject_key``, the caller's guess; the order's own wins) was stale.
+        subject (``subject_key``, the caller's guess, asked for only when this process does not know the
+        order's own; the order's own wins) was stale.
 
         ``controls`` and ``keyed`` are the limiter/caps and Idempotency-Key arguments of lua/_lib.lua
         (empty for the worker's calls). Raises Refusal for the script's refusals.
         """
         expected = self.seen_seats.get(order_id, "")
-        subject_key = self.subject_of.get(order_id) or subject_key or keys.subject(flight_id, "")
+        subject = self.subject_of.get(order_id) or (subject_key() if subject_key else keys.subject(flight_id, ""))
         flight_keys, channel, seat_prefix = self._flight_keys(flight_id)
         record_key = keyed.record_key if keyed else keys.idempotency(flight_id, "")
         tail: list[Arg] = [controls, keyed.script_spec(self._idempotency_ms) if keyed else ""]
         for _ in range(MAX_STALE_RETRIES):
             current = expected.split(",") if expected else []
             seat_ids = current + [s for s in new_seats if s not in current] if current else list(new_seats)
-            key_list = [*flight_keys, keys.order(flight_id, order_id), subject_key, record_key,
+            key_list = [*flight_keys, keys.order(flight_id, order_id), subject, record_key,
                         *[seat_prefix + s for s in seat_ids]]
             base: list[Arg] = [
                 channel, self.settings.change_log_length, flight_id, order_id,
@@ -213,7 +235,7 @@ class OrderScripts:
                 expected = stale.detail
                 continue
             except OtherSubject as other:
-                subject_key = other.detail
+                subject = other.detail
                 continue
             return self._result(flight_id, order_id, reply)
         raise errors.Conflict("The order changed concurrently; try again.", {"orderId": order_id})
@@ -295,7 +317,7 @@ class OrderStore:
             result = await self._scripts.run(
                 "create_order", flight_id, order_id, hash_token(token),
                 [self._settings.payment_attempts, self._ttl_ms(), str(caller.subject), self._pending_ms],
-                subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls, keyed=keyed,
+                subject_key=caller.subject_key(flight_id), controls=self._controls, keyed=keyed,
             )
             await store_call(self._redis.pexpire(claim_key, self._ttl_ms()))
         except Refusal as refusal:
@@ -353,7 +375,7 @@ class OrderStore:
                 try:
                     result = await self._scripts.run(
                         "hold_seats", flight_id, order_id, hash_token(token), args, seats,
-                        subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                        subject_key=caller.subject_key(flight_id), controls=self._controls,
                         keyed=keyed,
                     )
                 except StaleLayout:
@@ -382,7 +404,7 @@ class OrderStore:
             try:
                 result = await self._scripts.run(
                     "begin_payment", flight_id, order_id, hash_token(token), [payment_id, window_ms],
-                    subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                    subject_key=caller.subject_key(flight_id), controls=self._controls,
                     keyed=keyed,
                 )
             except Refusal as refusal:
@@ -407,7 +429,7 @@ class OrderStore:
             try:
                 result = await self._scripts.run(
                     "cancel_order", flight_id, order_id, hash_token(token),
-                    subject_key=keys.subject(flight_id, str(caller.subject)), controls=self._controls,
+                    subject_key=caller.subject_key(flight_id), controls=self._controls,
                     keyed=keyed,
                 )
             except Refusal as refusal:
@@ -424,10 +446,12 @@ class OrderStore:
         return idempotency.keyed_request(flight_id, str(caller.subject), method, path, caller.idempotency_key,
                                          caller.fingerprint, status)
 
-    async def _once(self, keyed: KeyedRequest | None, run: Callable[[], Awaitable[Written]]) -> Written:
-        """Run a write at most once per Idempotency-Key (see ``service.idempotency``)."""
-        if keyed is None:
-            return await run()
+    def _once(self, keyed: KeyedRequest | None, run: Callable[[], Awaitable[Written]]) -> Awaitable[Written]:
+        """Run a write at most once per Idempotency-Key (see ``service.idempotency``); without a key, just run it
+        (no extra coroutine on the hot path)."""
+        return run() if keyed is None else self._once_keyed(keyed, run)
+
+    async def _once_keyed(self, keyed: KeyedRequest, run: Callable[[], Awaitable[Written]]) -> Written:
         existing = await self._execute(
             "SET", keyed.record_key, idempotency.pending(keyed), "NX", "GET", "PX", self._lease_ms
         )

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -73,10 +74,12 @@ def _address(text: str) -> Address | None:
     return address
 
 
+@functools.lru_cache(maxsize=8192)
 def client_address(peer: str | None, forwarded_for: str | None, proxies: TrustedProxies) -> str:
     """The client address of a request (see the module docstring), as a subject value.
 
     ``peer`` is the TCP peer's host (None or a non-IP for unix sockets: then it stands as given).
+    Cached: parsing addresses was 3 % of a write's CPU, and a client sends many requests.
     """
     peer_address = _address(peer) if peer else None
     if peer_address is None:
