@@ -15,6 +15,7 @@
 --   ARGV[#ARGV - 1] controls 'rate|window ms|max held seats|max open orders|subject TTL ms'
 --     (rate 0: no limiter; a max of 0: no cap), or '' (the worker: no controls)
 --   ARGV[#ARGV] idempotency 'fingerprint|TTL ms|HTTP status|salt', or '' (no Idempotency-Key)
+--   ARGV[#ARGV - 2] how long seat history is kept (ms, SEATS_HISTORY_SECONDS; see "history" below)
 -- Every refusal is raised before the first write (Redis does not roll back a failed script), with one
 -- deliberate exception: the rate limiter's bucket is spent before the checks that follow it, so a
 -- request refused later (a taken seat, a closed order) still counts (retry storms are what it limits).
@@ -46,12 +47,17 @@ local function seat_id_of(key)
   return string.match(key, ':([^:]+)$')
 end
 
--- A seat value is 'H|<order>|<deadline ms>' (held, key expires at the deadline) or 'C|<order>' (sold).
+-- A seat value is 'H|<order>|<deadline ms>' (held, key expires at the deadline), 'C|<order>' (sold) or
+-- BLOCKED (an operator took it off sale; service/flights.py BLOCKED_VALUE is the same string).
+local BLOCKED = 'B|-'
 local function seat_owner(value)
   if not value then return nil, nil end
   local kind, owner = string.match(value, '^(%a)|([^|]+)')
   return kind, owner
 end
+
+-- A seat value's kind in the seat map's words (nil, an absent key: 'available').
+local STATUS_OF = {H = 'held', C = 'confirmed', B = 'blocked'}
 
 local function read_hash(key)
   local flat = redis.call('HGETALL', key)
@@ -81,9 +87,73 @@ local function announce(flight_key, log_key, kind, changes, now)
   return version
 end
 
-local function announce_seats(changes, now)
+-- ---- history (spec section 13) ------------------------------------------------------------------
+-- Every seat change a script announces is recorded by that script as one entry in two streams of the
+-- flight's slot: the seat's and its order's (service/keys.py history_seat, history_order). Their names
+-- are derived from KEYS[1] ('seats:{F}:flight' -> 'seats:{F}:history:seat:1A'), not declared: they
+-- carry the flight's hash tag, so they live in the script's own slot, which Redis Cluster allows (as
+-- for the subject's other orders below). An entry's fields, always in this order (a stream stores
+-- the names once per node of entries that repeat them): at (ms, TIME), version (the flight version the
+-- change made), seat, from and to (statuses in the map's words), order (id, or ''), cause (hold, swap,
+-- payment, confirm, expire, cancel, admin), expiresAt (the hold deadline after, ms, or ''), reason
+-- (an operator's, or ''). XADD's MINID ~ trims entries older than the retention as it writes, a
+-- whole node at a time (nearly free); PEXPIRE drops a stream nobody wrote to for as long; readers
+-- (history_page.lua) skip what trimming left. Scripts note each seat's status before they change it
+-- (note_before), as they read it anyway.
+local HISTORY_MS = tonumber(ARGV[#ARGV - 2])  -- scripts outside the order convention set it themselves
+local BEFORE = {}  -- seat id -> its status before this script changed it
+
+local function note_before(id, kind)
+  if BEFORE[id] == nil then BEFORE[id] = STATUS_OF[kind] or 'available' end
+end
+
+local function history_key(kind, id)
+  return string.sub(KEYS[1], 1, -7) .. 'history:' .. kind .. ':' .. id  -- 'seats:{F}:flight' -> 'seats:{F}:'
+end
+
+local function append_history(stream, now, fields)
+  redis.call('XADD', stream, 'MINID', '~', now - HISTORY_MS, '*', unpack(fields))
+end
+
+-- One entry per changed seat (in seat id order), into the seat's stream and, with an order, the order's.
+-- A call without the history argument (a hand-made call) records nothing rather than fail half way.
+local function record_history(changes, version, now, cause, reason, order_id)
+  if not HISTORY_MS then return end
+  local order_stream = order_id ~= '' and history_key('order', order_id)
+  local ids = {}
+  for id in pairs(changes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  for _, id in ipairs(ids) do
+    local change = changes[id]
+    local fields = {'at', now, 'version', version, 'seat', id, 'from', BEFORE[id] or 'available',
+                    'to', change.status, 'order', order_id, 'cause', cause,
+                    'expiresAt', change.expiresAt or '', 'reason', reason}
+    local seat_stream = history_key('seat', id)
+    append_history(seat_stream, now, fields)
+    redis.call('PEXPIRE', seat_stream, HISTORY_MS)
+    if order_stream then append_history(order_stream, now, fields) end
+  end
+  if order_stream then redis.call('PEXPIRE', order_stream, HISTORY_MS) end
+end
+
+-- An order's entry that changed no seat (an operator's release of an order that held none).
+local function record_order_entry(cause, reason, now)
+  if not HISTORY_MS then return end
+  local version = redis.call('HGET', KEYS[1], 'version') or 0
+  local stream = history_key('order', ARGV[4])
+  append_history(stream, now, {'at', now, 'version', version, 'seat', '', 'from', '', 'to', '',
+                               'order', ARGV[4], 'cause', cause, 'expiresAt', '', 'reason', reason})
+  redis.call('PEXPIRE', stream, HISTORY_MS)
+end
+
+-- Announces a script's seat changes and records them in the history with their `cause` (and an
+-- operator's `reason`). Order scripts' changes belong to ARGV[4]; `order_id` overrides it ('' for none).
+local function announce_seats(changes, now, cause, reason, order_id)
   if next(changes) == nil then return nil end
-  return announce(KEYS[1], KEYS[2], 'seats', changes, now)
+  now = now or now_ms()
+  local version = announce(KEYS[1], KEYS[2], 'seats', changes, now)
+  record_history(changes, version, now, cause, reason or '', order_id or ARGV[4])
+  return version
 end
 
 -- Writes order fields, bumps the order's version and publishes an order event.
@@ -119,14 +189,18 @@ local function order_reply(status, flight_version, flat)
 end
 
 -- Releases one seat of this order. A key already gone lapsed by its TTL at the deadline: that
--- release still needs announcing. A seat another order holds now is left alone.
+-- release still needs announcing (its history says held -> available). A seat another order holds
+-- now, or an operator blocked, is left alone.
 local function release_seat(key, changes)
   local kind, owner = seat_owner(redis.call('GET', key))
+  local id = seat_id_of(key)
   if kind == 'H' and owner == ARGV[4] then
     redis.call('DEL', key)
-    changes[seat_id_of(key)] = {status = 'available'}
+    note_before(id, kind)
+    changes[id] = {status = 'available'}
   elseif kind == nil then
-    changes[seat_id_of(key)] = {status = 'available'}
+    note_before(id, 'H')
+    changes[id] = {status = 'available'}
   end
 end
 
@@ -167,7 +241,7 @@ local function expire_now(message)
   local changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], ARGV[4])
   save_order(owe_settlement({'state', 'EXPIRED', 'lastError', message}), tonumber(ARGV[7]))
-  announce_seats(changes)
+  announce_seats(changes, nil, 'expire')
   return changes
 end
 

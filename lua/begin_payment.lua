@@ -10,7 +10,7 @@
 -- or {'REPLAY', idempotency record}.
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
 --         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, NO_SEATS,
---         CONFLICT <seat>:<held|confirmed>,...
+--         CONFLICT <seat>:<held|confirmed|blocked>,...
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
 local refused = check_subject(order) or check_expected_seats(order)
@@ -33,8 +33,9 @@ local order_id = ARGV[4]
 local lost = {}
 for i = FIRST_SEAT, #KEYS do
   local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+  note_before(seat_id_of(KEYS[i]), kind)
   if kind and (kind ~= 'H' or owner ~= order_id) then
-    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. (kind == 'C' and 'confirmed' or 'held')
+    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. STATUS_OF[kind]
   end
 end
 if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
@@ -50,4 +51,4 @@ redis.call('ZADD', KEYS[3], deadline, order_id)
 local _, flat = save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
                             'lastError', '', 'holdExpiresAt', deadline}, nil)
 remember(spec, flat)
-return order_reply('OK', announce_seats(changes), flat)
+return order_reply('OK', announce_seats(changes, nil, 'payment'), flat)

@@ -32,6 +32,7 @@ from service.eviction import EvictionPolicy
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.metrics import RequestMetrics
+from service.operators import Operators
 from service.orders import OrderScripts, OrderStore
 from service.scripts import Scripts
 from service.settings import Settings, load_settings
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         orders = OrderStore(order_scripts, flights, settings, enqueue)
         app.state.services = Services(settings, client, queue, scripts, flights, orders,
                                       trusted_proxies=TrustedProxies(settings.trusted_proxies),
-                                      stream_slots=StreamSlots(scripts, settings))
+                                      stream_slots=StreamSlots(scripts, settings),
+                                      operators=Operators(order_scripts, orders, flights, settings))
         await scripts.load_all()
         await flights.ensure_catalogue()
         app.state.services.eviction = await _checked_eviction_policy(client, settings)

@@ -23,6 +23,10 @@ key                                type    contents
                                            value = order id), for the caps
 ``seats:{F}:idempotency:{sha256}`` string  an Idempotency-Key's record (JSON): pending, or the
                                            first response; sha256 of subject, method, path, key
+``seats:{F}:history:seat:{seatId}`` stream one seat's history (spec §13): an entry per change
+                                           (at, version, seat, from, to, order, cause,
+                                           expiresAt, reason), trimmed by time
+``seats:{F}:history:order:{id}``   stream  the same entries of one order
 ``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
 ``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
 {paymentId}:{n}``                          key: outcome (success | declined | void), message,
@@ -90,6 +94,16 @@ def subject(flight_id: str, subject_id: str) -> str:
 def idempotency(flight_id: str, scope: str) -> str:
     """An Idempotency-Key record (``scope``: sha256 hex of subject, method, path and key; empty: none)."""
     return f"seats:{{{flight_id}}}:idempotency:{scope}"
+
+
+def history_seat(flight_id: str, seat_id: str) -> str:
+    """One seat's history stream (lua/_lib.lua history_key derives the same name from the flight key)."""
+    return f"seats:{{{flight_id}}}:history:seat:{seat_id}"
+
+
+def history_order(flight_id: str, order_id: str) -> str:
+    """One order's history stream (the same entries as its seats', lua/_lib.lua history_key)."""
+    return f"seats:{{{flight_id}}}:history:order:{order_id}"
 
 
 def streams(subject_id: str) -> str:

@@ -36,6 +36,10 @@ SCRIPT_NAMES = (
     "gateway_charge",
     "gateway_lookup",
     "gateway_refund",
+    "admin_release",
+    "admin_extend",
+    "block_seats",
+    "history_page",
 )
 
 Arg = str | int | float
@@ -74,9 +78,9 @@ def load_sources() -> dict[str, str]:
 
 # The codes our scripts refuse with (``fail(...)`` in lua/); any other error reply is Redis's own.
 REFUSAL_CODES = frozenset({
-    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "IDEMPOTENCY_REUSED", "KEYS_MISMATCH", "LAYOUT",
-    "NOT_CHARGED", "NOT_FOUND", "NO_SEATS", "ORDER_EXISTS", "PAYING", "RATE_LIMITED", "STALE", "SUBJECT",
-    "SUBJECT_LIMIT",
+    "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_CAP", "IDEMPOTENCY_REUSED", "KEYS_MISMATCH",
+    "LAYOUT", "NOT_CHARGED", "NOT_FOUND", "NO_SEATS", "ORDER_EXISTS", "PAYING", "RATE_LIMITED", "SEAT_TAKEN",
+    "STALE", "SUBJECT", "SUBJECT_LIMIT",
 })
 # Redis errors that mean "the store cannot take this now" (a 503, like a lost connection).
 UNAVAILABLE_CODES = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN"})

@@ -140,7 +140,8 @@ def test_hold_script_refuses_keys_out_of_step_with_the_selection(make_settings: 
     asyncio.run(scenario())
 
 
-NO_CONTROLS = ("", "")  # the order scripts' last two arguments: no limits, no Idempotency-Key (lua/_lib.lua)
+NO_CONTROLS = (60_000, "", "")  # the order scripts' last three arguments: history retention (ms), no limits,
+# no Idempotency-Key (lua/_lib.lua)
 
 
 def order_keys(seat_keys: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ from service.eviction import EvictionPolicy
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.models import CreateOrderRequest, PaymentRequest, PutFlightRequest, SelectSeatsRequest
+from service.operators import Operators
 from service.orders import OrderStore
 from service.scripts import Scripts
 from service.settings import Settings
@@ -54,6 +55,7 @@ class Services:
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
     stream_slots: StreamSlots | None = None  # the cap on open streams per subject
     eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
+    operators: Operators | None = None  # history and admin actions (spec §13)
 
 
 ServicesDep = NamedDependency[Services]
@@ -182,9 +184,10 @@ def require_token(request: AnyRequest, *, allow_query: bool = False) -> str:
     return token
 
 
-def require_admin(request: AnyConnection, settings: Settings) -> None:
-    """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403."""
-    token = bearer_token(request)
+def require_admin(request: AnyConnection, settings: Settings, *, allow_query: bool = False) -> None:
+    """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403 (``allow_query``:
+    also as ``?token=``, for the console's EventSource)."""
+    token = bearer_token(request, allow_query=allow_query)
     if token is None:
         raise errors.Unauthorized("Admin endpoints need 'Authorization: Bearer <SEATS_ADMIN_TOKEN>'.")
     expected = settings.admin_token
