@@ -133,7 +133,8 @@ class SeatsFrame:
                 if seat in self.owners else view
                 for seat, view in self.event.changes.items()
             }
-            self._admin = sse_frame("seats", self.version, _encode(msgspec.structs.replace(self.event, changes=changes)))
+            event = msgspec.structs.replace(self.event, changes=changes)
+            self._admin = sse_frame("seats", self.version, _encode(event))
         return self._admin
 
     def render(self, mine: str | None) -> bytes:
