@@ -37,6 +37,7 @@ from service.settings import Settings
 HISTORY_PAGE_DEFAULT: Final = 50  # entries per page without ?limit= (spec §13)
 HISTORY_PAGE_MAX: Final = 500
 CURSOR_PATTERN: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a stream entry id; fullmatch
+MAX_ID_PART: Final = 2**64 - 1  # each half of a stream id is an unsigned 64-bit number
 MAX_LAYOUT_RETRIES: Final = 4
 
 
@@ -46,7 +47,7 @@ def check_page(limit: int | None, cursor: str | None) -> tuple[int, str]:
     limit = HISTORY_PAGE_DEFAULT if limit is None else limit
     if not 1 <= limit <= HISTORY_PAGE_MAX:
         raise errors.ValidationFailed(f"limit must be between 1 and {HISTORY_PAGE_MAX}.", {"field": "limit"})
-    if cursor and not CURSOR_PATTERN.fullmatch(cursor):
+    if cursor and (not CURSOR_PATTERN.fullmatch(cursor) or max(map(int, cursor.split("-"))) > MAX_ID_PART):
         raise errors.ValidationFailed("cursor must be the 'next' of a previous page.", {"field": "cursor"})
     return limit, cursor or ""
 

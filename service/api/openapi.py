@@ -125,6 +125,7 @@ _IDEMPOTENT = ("idempotency_in_progress", "idempotency_key_reused")
 _ORDER = ("unauthorized", "order_not_found")
 _ADMIN = ("unauthorized", "forbidden", "store_unavailable")
 _ADMIN_WRITE = (*_ADMIN, "invalid_request", "payload_too_large", "validation_failed")
+_PAGE = ("invalid_request", "validation_failed")  # ?limit= not an integer (400), out of range or a bad cursor (422)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,9 +173,8 @@ ROUTES: dict[str, RouteDoc] = {
                               "validation_failed", "order_closed", "payment_in_progress", "conflict"),
                              (IDEMPOTENCY_KEY, SEATS_BUYER), (ORDER_TOKEN,)),
     "payments_summary": RouteDoc(_ADMIN, security=(ADMIN_TOKEN,)),
-    "seat_history": RouteDoc((*_ADMIN, "flight_not_found", "seat_not_found", "validation_failed"),
-                             security=(ADMIN_TOKEN,)),
-    "order_history": RouteDoc((*_ADMIN, "order_not_found", "validation_failed"), security=(ADMIN_TOKEN, ORDER_TOKEN)),
+    "seat_history": RouteDoc((*_ADMIN, *_PAGE, "flight_not_found", "seat_not_found"), security=(ADMIN_TOKEN,)),
+    "order_history": RouteDoc((*_ADMIN, *_PAGE, "order_not_found"), security=(ADMIN_TOKEN, ORDER_TOKEN)),
     "admin_get_order": RouteDoc((*_ADMIN, "order_not_found"), security=(ADMIN_TOKEN,)),
     "admin_release": RouteDoc((*_ADMIN_WRITE, "order_not_found", "order_closed", "conflict"), security=(ADMIN_TOKEN,)),
     "admin_extend": RouteDoc((*_ADMIN_WRITE, "order_not_found", "order_closed", "no_seats_held", "hold_cap_reached",
