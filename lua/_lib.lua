@@ -88,18 +88,20 @@ local function announce(flight_key, log_key, kind, changes, now)
 end
 
 -- ---- history (spec section 13) ------------------------------------------------------------------
--- Every seat change a script announces is recorded by that script as one entry in two streams of the
--- flight's slot: the seat's and its order's (service/keys.py history_seat, history_order). Their names
--- are derived from KEYS[1] ('seats:{F}:flight' -> 'seats:{F}:history:seat:1A'), not declared: they
--- carry the flight's hash tag, so they live in the script's own slot, which Redis Cluster allows (as
--- for the subject's other orders below). An entry's fields, always in this order (a stream stores
--- the names once per node of entries that repeat them): at (ms, TIME), version (the flight version the
--- change made), seat, from and to (statuses in the map's words), order (id, or ''), cause (hold, swap,
--- payment, confirm, expire, cancel, admin), expiresAt (the hold deadline after, ms, or ''), reason
--- (an operator's, or ''). XADD's MINID ~ trims entries older than the retention as it writes, a
--- whole node at a time (nearly free); PEXPIRE drops a stream nobody wrote to for as long; readers
--- (history_page.lua) skip what trimming left. Scripts note each seat's status before they change it
--- (note_before), as they read it anyway.
+-- Every seat change a script announces is recorded by that script, in streams of the flight's slot:
+-- one entry per changed seat in that seat's stream, and one entry per script in its order's stream
+-- (service/keys.py history_seat, history_order). Their names are derived from KEYS[1]
+-- ('seats:{F}:flight' -> 'seats:{F}:history:seat:1A'), not declared: they carry the flight's hash tag,
+-- so they live in the script's own slot, which Redis Cluster allows (as for the subject's other orders
+-- below). An entry has three fields (packed: one XADD argument each, a third of the cost of a field per
+-- value, measured): h '<at ms (TIME)>|<flight version the change made>|<cause>|<order id or ''>',
+-- s '<seat>:<status before>:<status after>:<hold deadline after, ms, or ''>' (statuses in the map's
+-- words; several, comma-separated, in an order's entry; '' for an order entry that changed no seat),
+-- r the operator's reason ('' otherwise; free text, hence a field of its own). Causes: hold, swap,
+-- payment, confirm, expire, cancel, admin. XADD's MINID ~ trims entries older than the retention as
+-- it writes, a whole node at a time (nearly free); PEXPIRE drops a stream nobody wrote to for as long;
+-- readers (history_page.lua, service/operators.py) skip what trimming left. Scripts note each seat's
+-- status before they change it (note_before), as they read it anyway.
 local HISTORY_MS = tonumber(ARGV[#ARGV - 2])  -- scripts outside the order convention set it themselves
 local BEFORE = {}  -- seat id -> its status before this script changed it
 
@@ -111,39 +113,37 @@ local function history_key(kind, id)
   return string.sub(KEYS[1], 1, -7) .. 'history:' .. kind .. ':' .. id  -- 'seats:{F}:flight' -> 'seats:{F}:'
 end
 
-local function append_history(stream, now, fields)
-  redis.call('XADD', stream, 'MINID', '~', now - HISTORY_MS, '*', unpack(fields))
+local function append_history(stream, now, head, seats, reason)
+  redis.call('XADD', stream, 'MINID', '~', now - HISTORY_MS, '*', 'h', head, 's', seats, 'r', reason)
+  redis.call('PEXPIRE', stream, HISTORY_MS)
 end
 
--- One entry per changed seat (in seat id order), into the seat's stream and, with an order, the order's.
--- A call without the history argument (a hand-made call) records nothing rather than fail half way.
+-- The changes (seat -> {status, expiresAt}) of one script, in seat id order: an entry per seat in its
+-- stream and, with an order, one entry with them all in the order's. A call without the history argument
+-- (a hand-made call) records nothing rather than fail half way.
 local function record_history(changes, version, now, cause, reason, order_id)
   if not HISTORY_MS then return end
-  local order_stream = order_id ~= '' and history_key('order', order_id)
+  local head = now .. '|' .. version .. '|' .. cause .. '|' .. order_id
   local ids = {}
   for id in pairs(changes) do ids[#ids + 1] = id end
   table.sort(ids)
-  for _, id in ipairs(ids) do
+  local seats = {}
+  for i, id in ipairs(ids) do
     local change = changes[id]
-    local fields = {'at', now, 'version', version, 'seat', id, 'from', BEFORE[id] or 'available',
-                    'to', change.status, 'order', order_id, 'cause', cause,
-                    'expiresAt', change.expiresAt or '', 'reason', reason}
-    local seat_stream = history_key('seat', id)
-    append_history(seat_stream, now, fields)
-    redis.call('PEXPIRE', seat_stream, HISTORY_MS)
-    if order_stream then append_history(order_stream, now, fields) end
+    seats[i] = id .. ':' .. (BEFORE[id] or 'available') .. ':' .. change.status .. ':' .. (change.expiresAt or '')
+    append_history(history_key('seat', id), now, head, seats[i], reason)
   end
-  if order_stream then redis.call('PEXPIRE', order_stream, HISTORY_MS) end
+  if order_id ~= '' then
+    append_history(history_key('order', order_id), now, head, table.concat(seats, ','), reason)
+  end
 end
 
 -- An order's entry that changed no seat (an operator's release of an order that held none).
 local function record_order_entry(cause, reason, now)
   if not HISTORY_MS then return end
   local version = redis.call('HGET', KEYS[1], 'version') or 0
-  local stream = history_key('order', ARGV[4])
-  append_history(stream, now, {'at', now, 'version', version, 'seat', '', 'from', '', 'to', '',
-                               'order', ARGV[4], 'cause', cause, 'expiresAt', '', 'reason', reason})
-  redis.call('PEXPIRE', stream, HISTORY_MS)
+  append_history(history_key('order', ARGV[4]), now, now .. '|' .. version .. '|' .. cause .. '|' .. ARGV[4], '',
+                 reason)
 end
 
 -- Announces a script's seat changes and records them in the history with their `cause` (and an

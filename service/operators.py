@@ -36,20 +36,25 @@ from service.settings import Settings
 
 HISTORY_PAGE_DEFAULT: Final = 50  # entries per page without ?limit= (spec §13)
 HISTORY_PAGE_MAX: Final = 500
-CURSOR_PATTERN: Final = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")  # a stream entry id; fullmatch
+# A cursor: the stream entry a page ends in and how many of its seats the page showed ('<id>:<shown>').
+CURSOR_PATTERN: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20}):([0-9]{1,4})")  # fullmatch
 MAX_ID_PART: Final = 2**64 - 1  # each half of a stream id is an unsigned 64-bit number
 MAX_LAYOUT_RETRIES: Final = 4
 
 
-def check_page(limit: int | None, cursor: str | None) -> tuple[int, str]:
-    """``?limit=`` (1..HISTORY_PAGE_MAX, default HISTORY_PAGE_DEFAULT) and ``?cursor=`` (a ``next`` this
-    API gave out, or nothing). Raises ValidationFailed (422) naming the field."""
+def check_page(limit: int | None, cursor: str | None) -> tuple[int, str, int]:
+    """``?limit=`` (1..HISTORY_PAGE_MAX, default HISTORY_PAGE_DEFAULT) and ``?cursor=`` (a ``next`` this API
+    gave out, or nothing) as (limit, stream id to start at or '', entries of it already shown).
+    Raises ValidationFailed (422) naming the field."""
     limit = HISTORY_PAGE_DEFAULT if limit is None else limit
     if not 1 <= limit <= HISTORY_PAGE_MAX:
         raise errors.ValidationFailed(f"limit must be between 1 and {HISTORY_PAGE_MAX}.", {"field": "limit"})
-    if cursor and (not CURSOR_PATTERN.fullmatch(cursor) or max(map(int, cursor.split("-"))) > MAX_ID_PART):
+    if not cursor:
+        return limit, "", 0
+    match = CURSOR_PATTERN.fullmatch(cursor)
+    if match is None or max(int(match[1]), int(match[2])) > MAX_ID_PART:
         raise errors.ValidationFailed("cursor must be the 'next' of a previous page.", {"field": "cursor"})
-    return limit, cursor or ""
+    return limit, f"{match[1]}-{match[2]}", int(match[3])
 
 
 def check_reason(reason: str) -> str:
@@ -60,27 +65,35 @@ def check_reason(reason: str) -> str:
     return reason
 
 
-def decode_entry(fields: dict[str, str]) -> HistoryEntry:
-    """A history entry from its stream fields (lua/_lib.lua record_history; '' means none)."""
-    expires_at = fields.get("expiresAt")
-    return HistoryEntry(
-        at=iso_ms(int(fields["at"])),
-        version=int(fields["version"]),
-        seat=fields.get("seat") or None,
-        from_=fields.get("from") or None,  # type: ignore[arg-type]
-        to=fields.get("to") or None,  # type: ignore[arg-type]
-        order_id=fields.get("order") or None,
-        cause=fields["cause"],  # type: ignore[arg-type]
-        expires_at=iso_ms(int(expires_at)) if expires_at else None,
-        reason=fields.get("reason") or None,
-    )
+def decode_entries(fields: dict[str, str]) -> list[HistoryEntry]:
+    """The history entries of one stream entry (lua/_lib.lua record_history), newest first: a seat's
+    stream entry holds one, an order's one per seat its script changed (none: an order entry)."""
+    at, version, cause, order_id = fields["h"].split("|", 3)
+    seats = fields.get("s", "")
+    entries = []
+    for seat_change in reversed(seats.split(",")) if seats else [""]:
+        seat, before, after, expires_at = seat_change.split(":") if seat_change else ("", "", "", "")
+        entries.append(HistoryEntry(
+            at=iso_ms(int(at)), version=int(version), seat=seat or None,
+            from_=before or None,  # type: ignore[arg-type]
+            to=after or None,  # type: ignore[arg-type]
+            order_id=order_id or None, cause=cause,  # type: ignore[arg-type]
+            expires_at=iso_ms(int(expires_at)) if expires_at else None, reason=fields.get("r") or None,
+        ))
+    return entries
 
 
-def _page(reply: Sequence[Any], limit: int) -> HistoryPage:
-    """XREVRANGE's reply of up to ``limit + 1`` entries: the first ``limit``, and a cursor if there is more."""
-    shown = reply[:limit]
-    entries = [decode_entry(dict(zip(flat[::2], flat[1::2], strict=True))) for _, flat in shown]
-    return HistoryPage(entries, str(shown[-1][0]) if len(reply) > limit else None)
+def _page(reply: Sequence[Any], limit: int, start: str, shown: int) -> HistoryPage:
+    """A page of ``limit`` entries from XREVRANGE's reply (skipping the ``shown`` entries of the stream entry
+    ``start`` that the previous page showed), and the cursor of the next page if there is more."""
+    rows: list[tuple[str, int, HistoryEntry]] = []  # (stream id, position in it, entry)
+    for stream_id, flat in reply:
+        entries = decode_entries(dict(zip(flat[::2], flat[1::2], strict=True)))
+        skip = shown if stream_id == start else 0
+        rows += [(stream_id, i, entry) for i, entry in enumerate(entries) if i >= skip]
+    page = rows[:limit]
+    more = len(rows) > limit
+    return HistoryPage([entry for _, _, entry in page], f"{page[-1][0]}:{page[-1][1] + 1}" if more else None)
 
 
 class Operators:
@@ -125,9 +138,11 @@ class Operators:
             raise _forbidden()
         return await self._history(keys.history_order(flight_id, order_id), *page)
 
-    async def _history(self, stream: str, limit: int, cursor: str) -> HistoryPage:
-        reply = await self._scripts.run("history_page", [stream], [self._history_ms, cursor, limit + 1])
-        return _page(reply, limit)
+    async def _history(self, stream: str, limit: int, start: str, shown: int) -> HistoryPage:
+        # limit + 2 stream entries hold limit + 1 history entries at least, even when the first one (the
+        # previous page's last) has nothing left to show: enough to know whether there is a next page.
+        reply = await self._scripts.run("history_page", [stream], [self._history_ms, start, limit + 2])
+        return _page(reply, limit, start, shown)
 
     # -- orders -------------------------------------------------------------------------------
 

@@ -205,14 +205,15 @@ def test_who_may_read_which_history(make_client: Callable[..., Any]) -> None:
         (f"{seat_path}?limit=0", 422, "validation_failed"),
         (f"{seat_path}?limit=501", 422, "validation_failed"),
         (f"{order_path}?cursor=not-a-cursor", 422, "validation_failed"),
-        (f"{order_path}?cursor=18446744073709551616-0", 422, "validation_failed"),  # past a stream id's range
+        (f"{order_path}?cursor=1-0", 422, "validation_failed"),  # not a 'next' this API gives out
+        (f"{order_path}?cursor=18446744073709551616-0:1", 422, "validation_failed"),  # past a stream id's range
         (f"{seat_path}?limit=ten", 400, "invalid_request"),
     ):
         response = client.get(path, headers=ADMIN)
         assert (response.status_code, response.json()["error"]) == (status, error), path
-    for cursor in ("0-0", "18446744073709551615-18446744073709551615"):  # the smallest and largest ids
+    for cursor in ("0-0:0", "0-0:9", "18446744073709551615-18446744073709551615:1"):  # the smallest, largest ids
         page = history(client, order_path, cursor=cursor)
-        assert len(page["entries"]) == (0 if cursor == "0-0" else 1) and page["next"] is None
+        assert len(page["entries"]) == (0 if cursor.startswith("0-0") else 1) and page["next"] is None
 
 
 @pytest.mark.parametrize("seat", ["1A", "5F"])

@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from service import keys
+from service.operators import decode_entries
 from service.orders import TRUSTED, OrderScripts, hash_token
 from service.scripts import Scripts, load_sources
 from service.settings import load_settings
@@ -61,11 +62,15 @@ async def _scenario(url: str) -> None:
                                               keys.seat(FLIGHT, "2B")],
                               [keys.events_channel(FLIGHT), 100, FLIGHT, mode, "1", "r", history_ms])
         page = await scripts.run("history_page", [keys.history_order(FLIGHT, "o1")], [history_ms, "", 100])
-        causes = [dict(zip(flat[::2], flat[1::2], strict=True))["cause"] for _, flat in page]
+        causes = [entry.cause for _, flat in page for entry in decode_entries(_fields(flat))]
         assert causes == ["admin", "admin", "swap", "swap", "hold", "hold"]  # release, extend of 1B, then...
         page = await scripts.run("history_page", [keys.history_seat(FLIGHT, "2A")], [history_ms, "", 100])
-        assert [dict(zip(flat[::2], flat[1::2], strict=True))["to"] for _, flat in page] == ["available", "blocked"]
+        assert [decode_entries(_fields(flat))[0].to for _, flat in page] == ["available", "blocked"]
     except redis.RedisError as exc:  # pragma: no cover - the failure says which command the cluster refused
         raise AssertionError(f"the cluster refused a script: {exc}") from exc
     finally:
         await client.aclose()
+
+
+def _fields(flat: list[str]) -> dict[str, str]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
