@@ -216,6 +216,34 @@ local function check_expected_seats(order)
   return nil
 end
 
+-- Every seat of KEYS[FIRST_SEAT..] must still be this order's: held by it, or gone (its key lost, by data
+-- loss: it is taken again). A seat another order holds or bought, or an operator blocked, is never
+-- overwritten: the refusal CONFLICT names each. Notes each seat's status before (history).
+local function check_seats_still_ours()
+  local lost = {}
+  for i = FIRST_SEAT, #KEYS do
+    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    note_before(seat_id_of(KEYS[i]), kind)
+    if kind and (kind ~= 'H' or owner ~= ARGV[4]) then
+      lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. STATUS_OF[kind]
+    end
+  end
+  if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+  return nil
+end
+
+-- Holds every seat of KEYS[FIRST_SEAT..] for this order until `deadline` (ms; the keys expire then) and
+-- moves the order in the deadline index; returns the seat changes to announce.
+local function hold_until(deadline)
+  local changes = {}
+  for i = FIRST_SEAT, #KEYS do
+    redis.call('SET', KEYS[i], 'H|' .. ARGV[4] .. '|' .. deadline, 'PXAT', deadline)
+    changes[seat_id_of(KEYS[i])] = {status = 'held', expiresAt = deadline, o = ARGV[4]}
+  end
+  redis.call('ZADD', KEYS[3], deadline, ARGV[4])
+  return changes
+end
+
 -- Whether the order's time ran out: a hold past its deadline, or a PENDING order that never held a
 -- seat past its pendingUntil (SEATS_PENDING_ORDER_SECONDS after creation).
 local function hold_expired(order, now)

@@ -30,22 +30,9 @@ local deadline = current + tonumber(ARGV[9])
 if ARGV[11] ~= '1' then deadline = math.min(deadline, cap) end
 if deadline <= current then return fail('HOLD_CAP', cap) end
 
-local order_id = ARGV[4]
-local lost = {}
-for i = FIRST_SEAT, #KEYS do
-  local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
-  note_before(seat_id_of(KEYS[i]), kind)
-  if kind and (kind ~= 'H' or owner ~= order_id) then
-    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. STATUS_OF[kind]
-  end
-end
-if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+local lost = check_seats_still_ours()
+if lost then return lost end
 
-local changes = {}
-for i = FIRST_SEAT, #KEYS do
-  redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
-  changes[seat_id_of(KEYS[i])] = {status = 'held', expiresAt = deadline, o = order_id}
-end
-redis.call('ZADD', KEYS[3], deadline, order_id)
+local changes = hold_until(deadline)
 local _, flat = save_order({'holdExpiresAt', deadline}, deadline - now + tonumber(ARGV[12]), now)
 return order_reply('OK', announce_seats(changes, now, 'admin', ARGV[8]), flat)

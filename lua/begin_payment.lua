@@ -29,25 +29,11 @@ end
 if order.state == 'PAYING' then return fail('PAYING') end
 if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
 
-local order_id = ARGV[4]
-local lost = {}
-for i = FIRST_SEAT, #KEYS do
-  local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
-  note_before(seat_id_of(KEYS[i]), kind)
-  if kind and (kind ~= 'H' or owner ~= order_id) then
-    lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. STATUS_OF[kind]
-  end
-end
-if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+local lost = check_seats_still_ours()
+if lost then return lost end
 
 local deadline = math.max(tonumber(order.holdExpiresAt), now + tonumber(ARGV[9]))
-local changes = {}
-for i = FIRST_SEAT, #KEYS do
-  local id = seat_id_of(KEYS[i])
-  redis.call('SET', KEYS[i], 'H|' .. order_id .. '|' .. deadline, 'PXAT', deadline)
-  changes[id] = {status = 'held', expiresAt = deadline, o = order_id}
-end
-redis.call('ZADD', KEYS[3], deadline, order_id)
+local changes = hold_until(deadline)
 local _, flat = save_order({'state', 'PAYING', 'paymentStatus', 'trying', 'paymentId', ARGV[8],
                             'lastError', '', 'holdExpiresAt', deadline}, nil)
 remember(spec, flat)
