@@ -1,7 +1,7 @@
 -- _lib.lua: helpers prepended to every script by service/scripts.py (Redis has no `require`).
 --
 -- Conventions shared by the order scripts (create_order, hold_seats, cancel_order,
--- begin_payment, mark_trying, record_attempt, expire_order):
+-- begin_payment, mark_trying, record_attempt, expire_order, settle_payment, admin_release, admin_extend):
 --   KEYS[1] flight hash   KEYS[2] change log stream   KEYS[3] deadline zset   KEYS[4] order hash
 --   KEYS[5] the subject's hash (token bucket + its orders; keys.subject)   KEYS[6] the
 --   Idempotency-Key record (keys.idempotency); both are placeholders the script never touches
@@ -11,11 +11,11 @@
 --   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
 --   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
 --   ARGV[7] how long a terminal order stays readable (ms)
---   ARGV[8..] the script's own arguments, then its LAST TWO (so the scripts' own numbering stays put):
+--   ARGV[8..] the script's own arguments, then its LAST THREE (so the scripts' own numbering stays put):
+--   ARGV[#ARGV - 2] how long seat history is kept (ms, SEATS_HISTORY_SECONDS; see "history" below)
 --   ARGV[#ARGV - 1] controls 'rate|window ms|max held seats|max open orders|subject TTL ms'
 --     (rate 0: no limiter; a max of 0: no cap), or '' (the worker: no controls)
 --   ARGV[#ARGV] idempotency 'fingerprint|TTL ms|HTTP status|salt', or '' (no Idempotency-Key)
---   ARGV[#ARGV - 2] how long seat history is kept (ms, SEATS_HISTORY_SECONDS; see "history" below)
 -- Every refusal is raised before the first write (Redis does not roll back a failed script), with one
 -- deliberate exception: the rate limiter's bucket is spent before the checks that follow it, so a
 -- request refused later (a taken seat, a closed order) still counts (retry storms are what it limits).
