@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
-from service import errors, keys, metrics
+from service import errors, metrics
 from service.orders import OrderScripts
-from service.store import store_call
+from service.store import keys
 
 log = logging.getLogger("seats.expiry")
 
@@ -31,11 +31,11 @@ async def sweep_once(order_scripts: OrderScripts, settle: Settle | None = None) 
     """Expire every due order of every flight once, settling the payments of those that owe it
     (with ``settle``; without, they stay due); returns how many orders changed."""
     changed = 0
-    flight_ids = await store_call(order_scripts.redis.smembers(keys.CATALOG))
+    flight_ids = await order_scripts.reads.catalogue()
     for flight_id in flight_ids:
         due = await order_scripts.scripts.run("due_orders", [keys.deadlines(flight_id)], [BATCH])
         for order_id in due:
-            seats = await store_call(order_scripts.redis.hget(keys.order(flight_id, order_id), "seats"))
+            (seats,) = await order_scripts.reads.order_fields(flight_id, order_id, "seats")
             order_scripts.seen_seats.put(order_id, seats or "")
             result = await order_scripts.expire(flight_id, order_id)
             metrics.expiry(result.status, result.order.hold_expires_at if result.order else None, time.time())

@@ -37,14 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from service import errors, keys, metrics
+from service import errors, metrics
 from service.models import PaymentsSummary
 from service.orders import TRUSTED, OrderScripts
-from service.scripts import Scripts
 from service.settings import Settings
-from service.store import store_call
+from service.store import keys
+from service.store.reads import Reads
+from service.store.scripts import Scripts
 
 log = logging.getLogger("seats.payments")
 
@@ -121,10 +120,10 @@ class SimulatedGateway:
         return GatewayRecord.from_flat(flat)
 
 
-async def read_books(client: aioredis.Redis) -> PaymentsSummary:
+async def read_books(reads: Reads) -> PaymentsSummary:
     """The gateway's books: how many charges and refunds it made. Raises StoreUnavailable."""
-    charged, refunded = await store_call(client.hmget(keys.GATEWAY_BOOKS, ["charged", "refunded"]))
-    return PaymentsSummary(int(charged or 0), int(refunded or 0))
+    charged, refunded = await reads.gateway_books()
+    return PaymentsSummary(charged, refunded)
 
 
 def attempt_key(payment_id: str, attempt_no: int) -> str:
@@ -212,9 +211,8 @@ async def settle_payment(
     changes the order. Returns ``SETTLED``, or ``NOOP`` when there was nothing to settle.
     Raises StoreUnavailable (the order stays ``refunding`` and due; the sweeper tries again).
     """
-    status, payment_id, last_error = await store_call(
-        order_scripts.redis.hmget(keys.order(flight_id, order_id), ["paymentStatus", "paymentId", "lastError"])
-    )
+    status, payment_id, last_error = await order_scripts.reads.order_fields(
+        flight_id, order_id, "paymentStatus", "paymentId", "lastError")
     if status != "refunding" or not payment_id:
         return "NOOP"
     refunds = 0

@@ -281,7 +281,7 @@ def test_openapi_and_health(client: Any) -> None:
     assert docs.status_code == 200 and "/orders/{order_id}/seats" in docs.text
     assert "http://" not in docs.text and "https://" not in docs.text  # no CDN: works on a closed network
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json()["ok"] == ["redis", "scripts", "maxmemory-policy"]
+    assert client.get("/readyz").json()["ok"] == ["redis", "queue", "scripts", "subscription", "maxmemory-policy"]
 
 
 def test_readyz_reloads_flushed_scripts(client: Any, redis_url: str) -> None:
