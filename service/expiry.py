@@ -15,8 +15,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import RedisError
-
 from service import errors, metrics
 from service.orders import OrderScripts
 from service.store import keys
@@ -54,7 +52,7 @@ async def run_sweeper(order_scripts: OrderScripts, interval: float, settle: Sett
             changed = await sweep_once(order_scripts, settle)
             if changed:
                 log.info("expired orders", extra={"count": changed})
-        except (RedisError, errors.StoreUnavailable, OSError) as exc:
+        except errors.StoreUnavailable as exc:
             log.warning("sweep failed: %s", exc)
         except Exception:  # a bug or an unexpected reply must not end expiry for the worker's lifetime
             log.exception("sweep failed unexpectedly; retrying")

@@ -28,8 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from redis.exceptions import RedisError
-
 from service import errors
 from service.flights import FlightStore
 from service.live.messages import FlightMessage, LayoutMessage, SeatsMessage, decode_message
@@ -41,7 +39,7 @@ from service.store.subscription import ChannelState
 
 log = logging.getLogger("seats.events")
 
-SYNC_ERRORS = (errors.StoreUnavailable, errors.FlightNotFound, RedisError, OSError)
+SYNC_ERRORS = (errors.StoreUnavailable, errors.FlightNotFound)
 MAX_PENDING: Final = 100_000  # announcements buffered while syncing; beyond it, re-read the map
 LIVE_MARGIN_MS: Final = 100  # the fast seat-map path gives up this long before a counted hold lapses
 LAG_SECONDS: Final = 2.0  # a version Redis had and the feed still lacks this much later was lost
