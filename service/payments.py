@@ -188,6 +188,8 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
              settings.release_on_failure, attempts_total],
         )
         metrics.payment_attempt(result.outcome, recorded.status)
+        if recorded.status == "CONFIRMED":
+            await replicate_confirmation(order_scripts, settings, flight_id, order_id)
         log.debug("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
                                            "recorded": recorded.status})
         if recorded.order is not None and recorded.order.payment_status == "refunding":
@@ -197,6 +199,27 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
         seen = str(recorded.order.attempts_left)  # the next attempt runs only if nobody moved on
         await asyncio.sleep(settings.payment_backoff_seconds)
     return "EXHAUSTED"
+
+
+async def replicate_confirmation(order_scripts: OrderScripts, settings: Settings, flight_id: str,
+                                 order_id: str) -> None:
+    """Wait until ``SEATS_REDIS_WAIT_REPLICAS`` replicas have the confirmation (spec §12) before the job
+    reports it: replication is asynchronous, and a primary that dies right after the script could take
+    an acknowledged sale with it. A WAIT that times out (or fails) is logged and counted; the
+    confirmation stands (the order is CONFIRMED in Redis whatever happens next).
+    """
+    wanted = settings.wait_replicas
+    if wanted <= 0:
+        return
+    try:
+        acknowledged = await order_scripts.reads.wait_for_replicas(flight_id, wanted, settings.redis_wait_timeout_ms)
+    except errors.StoreUnavailable as exc:
+        acknowledged = -1
+        log.warning("WAIT for replicas failed", extra={"orderId": order_id, "error": str(exc)})
+    metrics.replication_wait(acknowledged >= wanted)
+    if 0 <= acknowledged < wanted:
+        log.warning("a confirmation reached fewer replicas than asked within the timeout",
+                    extra={"orderId": order_id, "replicas": acknowledged, "wanted": wanted})
 
 
 async def settle_payment(

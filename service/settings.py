@@ -199,6 +199,10 @@ def _check_ranges(settings: Settings) -> None:
     _check_http_ranges(settings)
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
+    if settings.redis_cluster and not settings.queue_redis_url:
+        raise SettingsError(
+            "SEATS_REDIS_CLUSTER=true needs SEATS_QUEUE_REDIS_URL: the payment queue (arq) cannot run on a "
+            "Redis Cluster (its transactions span slots); point it at a standalone Redis")
     if (settings.redis_wait_replicas is not None and settings.redis_wait_replicas < 0) \
             or settings.redis_wait_timeout_ms < 0:
         raise SettingsError("SEATS_REDIS_WAIT_REPLICAS and SEATS_REDIS_WAIT_TIMEOUT_MS must be 0 or more")

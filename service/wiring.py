@@ -23,7 +23,7 @@ from arq.connections import ArqRedis, RedisSettings
 
 from service import errors
 from service.eviction import EvictionPolicy
-from service.expiry import run_sweeper
+from service.expiry import recover_payments, run_sweeper
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.live.broker import EventBroker
@@ -158,13 +158,28 @@ class WorkerServices(Domain):
         await super().close()
 
 
-async def open_worker(settings: Settings, *, sweep: bool = True) -> WorkerServices:
-    """A worker's services: the gateway, settlement and (``sweep``) the expiry sweeper running."""
+async def open_worker(settings: Settings, *, sweep: bool = True, queue: ArqRedis | None = None) -> WorkerServices:
+    """A worker's services: the gateway, settlement and (``sweep``) the expiry sweeper running; with the
+    payment ``queue``, the sweeper also gives PAYING orders whose job vanished their job again."""
     domain = await open_domain(settings)
     gateway = SimulatedGateway(domain.store.scripts, settings)
     settle = functools.partial(settle_payment, domain.order_scripts, gateway, settings)
     services = WorkerServices(**vars(domain), gateway=gateway, settle=settle)
     if sweep:
+        recover = None
+        if queue is not None:
+            recover = functools.partial(recover_payments, domain.order_scripts, job_enqueuer(queue),
+                                        int(settings.payment_window_seconds * 1000))
         services.sweeper = asyncio.create_task(
-            run_sweeper(domain.order_scripts, settings.sweep_interval_seconds, settle), name="expiry sweeper")
+            run_sweeper(domain.order_scripts, settings.sweep_interval_seconds, settle, recover), name="expiry sweeper")
     return services
+
+
+def job_enqueuer(queue: ArqRedis) -> Callable[[str, str, str], Awaitable[bool]]:
+    """Enqueue a payment job unless the queue still knows its id: True when it was enqueued anew."""
+
+    async def enqueue(flight_id: str, order_id: str, payment_id: str) -> bool:
+        job = await queue.enqueue_job(PAYMENT_JOB, flight_id, order_id, payment_id, _job_id=payment_id)
+        return job is not None
+
+    return enqueue

@@ -45,7 +45,9 @@ async def open_rig(settings: Settings, enqueue: Any = None) -> DomainRig:
     from service.wiring import open_domain
 
     domain = await open_domain(settings, enqueue) if enqueue is not None else await open_domain(settings)
-    return DomainRig(domain, aioredis.Redis.from_url(settings.redis_url, decode_responses=True))
+    inspect: Any = (aioredis.RedisCluster.from_url(settings.redis_url.split(",")[0], decode_responses=True)
+                    if settings.redis_cluster else aioredis.Redis.from_url(settings.redis_url, decode_responses=True))
+    return DomainRig(domain, inspect)
 
 
 class DomainRig:

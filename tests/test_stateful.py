@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from service.expiry import sweep_once
 from service.models import PutFlightRequest
 from service.orders import TRUSTED, hash_token
-from service.settings import load_settings
+from service.settings import Settings
 from service.store import keys
 from service.store.errors import Refusal
 from tests.helpers import open_rig
@@ -42,10 +43,10 @@ class ModelOrder:
 class ReservationMachine(RuleBasedStateMachine):
     """Rules call the real scripts; the model predicts each reply and the resulting seat map."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.settings = load_settings({}, redis_url=redis_url, release_on_failure="deadline")
+        self.settings = settings
         self.rig = self.run(open_rig(self.settings))
         self.client = self.rig.redis
         self.run(self.client.flushall())
@@ -214,10 +215,17 @@ class ReservationMachine(RuleBasedStateMachine):
                 assert not any(v and v.startswith(f"H|{order_id}|") for v in held), "a terminal order holds seats"
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def plane(request: pytest.FixtureRequest) -> str:
+    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
+    return str(request.param)
+
+
 @pytest.mark.timeout(600)
-def test_reservation_state_machine(redis_url: str) -> None:
+def test_reservation_state_machine(make_settings: Callable[..., Settings]) -> None:
     """Random sequences of holds, swaps, cancels, payments, duplicate attempts and sweeps keep every invariant."""
+    settings = make_settings(release_on_failure="deadline")
     run_state_machine_as_test(
-        lambda: ReservationMachine(redis_url),
+        lambda: ReservationMachine(settings),
         settings=hsettings(max_examples=60, stateful_step_count=30, deadline=None),
     )

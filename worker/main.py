@@ -26,7 +26,7 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
     """An arq Worker for ``settings``: jobs, sweeper task and the resources they share (``service.wiring``)."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["services"] = await open_worker(settings)
+        ctx["services"] = await open_worker(settings, queue=ctx["redis"])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         services = ctx.get("services")

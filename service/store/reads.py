@@ -9,6 +9,7 @@ flight's ``{F}`` slot (Redis Cluster). Failures are translated by ``store.errors
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,8 +87,6 @@ class Reads:
 
     async def flight_heads(self, flight_ids: Sequence[str]) -> list[FlightHead]:
         """:meth:`flight_head` of several flights (each in its own slot: one transaction each)."""
-        import asyncio
-
         return list(await asyncio.gather(*(self.flight_head(f) for f in flight_ids)))
 
     async def seats(self, flight_id: str, seat_keys: Sequence[str]) -> tuple[dict[str, str], list[str | None], int]:
@@ -122,6 +121,12 @@ class Reads:
         flat, time_reply = await self._batch(order_key, [("HGETALL", order_key), ("TIME",)])
         return dict(zip(flat[::2], flat[1::2], strict=True)), redis_now_ms(time_reply)
 
+    async def orders_due_within(self, flight_id: str, horizon_ms: int) -> list[str]:
+        """The orders of the flight's deadline index due from now to ``horizon_ms`` from now (Redis's clock)."""
+        deadlines = keys.deadlines(flight_id)
+        now = redis_now_ms(await self._call(deadlines, "TIME"))
+        return list(await self._call(deadlines, "ZRANGEBYSCORE", deadlines, now, now + horizon_ms))
+
     async def order_fields(self, flight_id: str, order_id: str, *fields: str) -> list[str | None]:
         """Some fields of an order hash (None where absent)."""
         order_key = keys.order(flight_id, order_id)
@@ -150,6 +155,12 @@ class Reads:
         """Claim an Idempotency-Key record if absent (SET NX GET PX): None when claimed, else the record."""
         value = await self._call(record_key, "SET", record_key, pending, "NX", "GET", "PX", lease_ms)
         return None if value is None else str(value)
+
+    async def wait_for_replicas(self, flight_id: str, replicas: int, timeout_ms: int) -> int:
+        """``WAIT`` on the connection that made the flight's last writes: how many replicas have them now
+        (Redis docs, WAIT: the writes of this connection so far; on the shared pipelined connection
+        that includes other callers' earlier writes, never fewer)."""
+        return int(await self._call(keys.flight(flight_id), "WAIT", replicas, timeout_ms))
 
     # -- the gateway, the nodes -------------------------------------------------------------------
 
