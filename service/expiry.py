@@ -25,7 +25,7 @@ log = logging.getLogger("seats.expiry")
 BATCH = 200
 Settle = Callable[[str, str], Awaitable[str]]  # (flight id, order id) -> settle_payment's status
 Enqueue = Callable[[str, str, str], Awaitable[bool]]  # (flight, order, payment id) -> enqueued anew
-RECOVERY_SECONDS = 5.0  # how often PAYING orders are checked for a vanished job
+RECOVERY_SECONDS = 10.0  # how often PAYING orders are checked for a vanished job
 
 
 async def sweep_once(order_scripts: OrderScripts, settle: Settle | None = None) -> int:
@@ -48,15 +48,14 @@ async def sweep_once(order_scripts: OrderScripts, settle: Settle | None = None) 
     return changed
 
 
-async def recover_payments(order_scripts: OrderScripts, enqueue: Enqueue, horizon_ms: int) -> int:
-    """Give every PAYING order whose deadline falls within ``horizon_ms`` (its payment window: a paying
-    order's holds were extended by it) its payment job again; the queue refuses a job id it still
-    knows (running, queued or done), so only vanished jobs run again. Returns how many did."""
+async def recover_payments(order_scripts: OrderScripts, enqueue: Enqueue) -> int:
+    """Give every PAYING order its payment job again; the queue refuses a job id it still knows
+    (queued, running, or done and kept), so only vanished jobs run again (and resume from the gateway's
+    records). Returns how many did."""
     recovered = 0
     for flight_id in await order_scripts.reads.catalogue():
-        for order_id in await order_scripts.reads.orders_due_within(flight_id, horizon_ms):
-            state, payment_id = await order_scripts.reads.order_fields(flight_id, order_id, "state", "paymentId")
-            if state == "PAYING" and payment_id and await enqueue(flight_id, order_id, payment_id):
+        for order_id, payment_id in await order_scripts.reads.paying_orders(flight_id):
+            if await enqueue(flight_id, order_id, payment_id):
                 log.warning("a paying order had lost its payment job; it runs again", extra={"orderId": order_id})
                 recovered += 1
     return recovered

@@ -168,8 +168,7 @@ async def open_worker(settings: Settings, *, sweep: bool = True, queue: ArqRedis
     if sweep:
         recover = None
         if queue is not None:
-            recover = functools.partial(recover_payments, domain.order_scripts, job_enqueuer(queue),
-                                        int(settings.payment_window_seconds * 1000))
+            recover = functools.partial(recover_payments, domain.order_scripts, job_enqueuer(queue))
         services.sweeper = asyncio.create_task(
             run_sweeper(domain.order_scripts, settings.sweep_interval_seconds, settle, recover), name="expiry sweeper")
     return services

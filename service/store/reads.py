@@ -121,11 +121,17 @@ class Reads:
         flat, time_reply = await self._batch(order_key, [("HGETALL", order_key), ("TIME",)])
         return dict(zip(flat[::2], flat[1::2], strict=True)), redis_now_ms(time_reply)
 
-    async def orders_due_within(self, flight_id: str, horizon_ms: int) -> list[str]:
-        """The orders of the flight's deadline index due from now to ``horizon_ms`` from now (Redis's clock)."""
+    async def paying_orders(self, flight_id: str) -> list[tuple[str, str]]:
+        """(order id, payment id) of every PAYING order of the flight (the deadline index holds every open
+        order; two round trips, whatever their number)."""
         deadlines = keys.deadlines(flight_id)
-        now = redis_now_ms(await self._call(deadlines, "TIME"))
-        return list(await self._call(deadlines, "ZRANGEBYSCORE", deadlines, now, now + horizon_ms))
+        order_ids = list(await self._call(deadlines, "ZRANGE", deadlines, 0, -1))
+        if not order_ids:
+            return []
+        replies = await self._batch(deadlines, [("HMGET", keys.order(flight_id, o), "state", "paymentId")
+                                                for o in order_ids])
+        return [(o, str(payment)) for o, (state, payment) in zip(order_ids, replies, strict=True)
+                if state == "PAYING" and payment]
 
     async def order_fields(self, flight_id: str, order_id: str, *fields: str) -> list[str | None]:
         """Some fields of an order hash (None where absent)."""
