@@ -36,7 +36,7 @@ from typing import Any, cast
 import redis
 
 from loadtest.system import cpu_seconds, spawn_system
-from service import keys
+from service.store import keys
 
 FLIGHT = "FL-001"
 READY_TIMEOUT = 180.0  # seconds for N streams to connect and get their snapshot

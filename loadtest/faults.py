@@ -46,8 +46,8 @@ from loadtest.client import Client, Reply
 from loadtest.history import FinalState, History, Sample, Seen, Verdict, check
 from loadtest.invariants import InvariantReport, check_all, read_orders, read_seats, redis_ms, seat_ids
 from loadtest.stats import Recorder
-from service import keys
 from service.devrunner import free_port, redis_binary, stop_all, wait_for_ready, wait_for_redis
+from service.store import keys
 
 FAULT_KINDS = ("worker_kill", "worker_pause", "redis_kill", "script_flush", "client_pause",
                "client_kill_pubsub", "client_kill_normal")

@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from loadtest.client import Client
-from service import keys
+from service.store import keys
 
 TERMINAL = frozenset({"CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"})
 OVERDUE_GRACE_MS = 5_000

@@ -40,8 +40,8 @@ from loadtest.invariants import seat_ids
 from loadtest.pacing import closed_loop
 from loadtest.scenarios import Context, Load, Owner, Phase, SetupFailed, bounded, create_orders, drive, new_flight
 from loadtest.stats import Recorder, Series
-from service import keys
 from service.settings import Settings
+from service.store import keys
 from service.subjects import Subject
 
 SCALPER_ROWS, SCALPER_COLUMNS = 30, "ABCDEFGHIJ"

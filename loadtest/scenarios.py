@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from loadtest.client import Client, Reply, StreamStats, request_headers, subject_address, watch_flight
 from loadtest.pacing import PacingStats, closed_loop, open_loop
 from loadtest.stats import Recorder, percentile
-from service import keys
+from service.store import keys
 
 Probe = Callable[[], Awaitable[dict[str, float]]]
 TERMINAL = frozenset({"CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"})

@@ -83,7 +83,7 @@ local function announce(flight_key, log_key, kind, changes, now)
   redis.call('HSET', flight_key, 'lastUpdated', now)
   local payload = cjson.encode({t = kind, f = ARGV[3], v = version, u = now, c = changes})
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], version .. '-1', 'd', payload)
-  redis.call('PUBLISH', ARGV[1], payload)
+  redis.call('SPUBLISH', ARGV[1], payload)
   return version
 end
 
@@ -173,7 +173,7 @@ local function save_order(fields, ttl_ms, now)
       public[#public + 1] = flat[i + 1]
     end
   end
-  redis.call('PUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version, d = public}))
+  redis.call('SPUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version, d = public}))
   return version, flat
 end
 

@@ -42,7 +42,17 @@ def run_loadtest(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``seats`` console script."""
+    """Entry point of the ``seats`` console script (a setting it cannot take: a message on stderr, exit 2)."""
+    from service.settings import SettingsError
+
+    try:
+        _main(argv)
+    except SettingsError as exc:
+        print(f"seats: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _main(argv: list[str] | None) -> None:
     parser = argparse.ArgumentParser(prog="seats", description="Seat-reservation service")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("api", help="serve the HTTP API (production, containers)")

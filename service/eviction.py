@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import time
 
-import redis.asyncio as aioredis
-
-from service.store import store_call
+from service.store.reads import Reads
 
 REQUIRED_POLICY = "noeviction"
 
 
 class EvictionPolicy:
-    """The data Redis's eviction policy, read with ``INFO memory`` (``CONFIG GET`` is often disabled
-    on managed Redis) and cached for ``max_age`` seconds."""
+    """The data Redis's eviction policy (every primary's, in a cluster: the least safe one counts), read
+    with ``INFO memory`` (``CONFIG GET`` is often disabled on managed Redis) and cached for ``max_age`` seconds."""
 
-    def __init__(self, client: aioredis.Redis, max_age: float) -> None:
-        self._client = client
+    def __init__(self, reads: Reads, max_age: float) -> None:
+        self._reads = reads
         self._max_age = max_age
         self._policy: str | None = None
         self._read_at = float("-inf")
@@ -35,8 +33,9 @@ class EvictionPolicy:
         """
         now = time.monotonic()
         if self._policy is None or now - self._read_at > self._max_age:
-            info = await store_call(self._client.info("memory"))
-            self._policy = str(info.get("maxmemory_policy", "unknown"))
+            policies = await self._reads.eviction_policies()
+            unsafe = [policy for policy in policies if policy != REQUIRED_POLICY]
+            self._policy = unsafe[0] if unsafe else REQUIRED_POLICY
             self._read_at = now
         return self._policy
 

@@ -34,8 +34,9 @@ from typing import Any, Final
 
 import msgspec
 
-from service import errors, keys
+from service import errors
 from service.models import ErrorBody
+from service.store import keys
 
 HEADER: Final = "idempotency-key"
 REPLAYED_HEADER: Final = "Idempotent-Replayed"

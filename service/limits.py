@@ -21,9 +21,11 @@ import secrets
 from collections import defaultdict
 from typing import Final
 
-from service import errors, keys
-from service.scripts import Refusal, Scripts
+from service import errors
 from service.settings import Settings
+from service.store import keys
+from service.store.errors import Refusal
+from service.store.scripts import Scripts
 from service.subjects import Subject
 
 log = logging.getLogger("seats.limits")

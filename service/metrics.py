@@ -40,6 +40,8 @@ EXPIRY_LATENESS = Histogram(
     "seats_expiry_lateness_seconds", "How long after its deadline the sweeper ended a hold",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
+REPLICATION_WAITS = Counter("seats_replication_waits_total",
+                            "WAITs for replicas after a confirmation, by outcome (acknowledged, timeout)", ["outcome"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
 
@@ -76,6 +78,11 @@ def payment_lookup(outcome: str) -> None:
 def settlement(outcome: str) -> None:
     """Count a settled payment of an order that ended unconfirmed (``refunded`` or ``failed``)."""
     SETTLEMENTS.labels(outcome).inc()
+
+
+def replication_wait(acknowledged: bool) -> None:
+    """Count a WAIT after a confirmation: did enough replicas acknowledge it in time."""
+    REPLICATION_WAITS.labels("acknowledged" if acknowledged else "timeout").inc()
 
 
 def expiry(status: str, hold_expires_at: str | None, now: float) -> None:

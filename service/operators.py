@@ -7,8 +7,8 @@ entry shown, so concurrent writes never repeat or skip an entry across pages) an
 one script (``lua/admin_*.lua``, ``lua/block_seats.lua``) that checks everything before its first write
 and records its changes with cause ``admin`` and the operator's reason.
 
-Every Redis touch of this feature goes through :class:`Operators` (scripts, plus one ``PEXPIREAT`` of an
-order's id index after an extension past the hold cap).
+The scripts and the one plain command this needs (an order id's index kept alive after an extension
+past the hold cap) are the store's (``service.store``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Final
 
-from service import errors, keys
-from service.flights import FlightStore, Layout
+from service import errors
+from service.flights import FlightStore
 from service.models import (
     MAX_BLOCK_SEATS,
     MAX_EXTEND_MINUTES,
@@ -31,8 +31,10 @@ from service.models import (
     iso_ms,
 )
 from service.orders import TRUSTED, OrderScripts, OrderStore, ScriptResult, refusal_error
-from service.scripts import Refusal, StaleLayout
+from service.seatmap import Layout
 from service.settings import Settings
+from service.store import keys
+from service.store.errors import Refusal, StaleLayout
 
 HISTORY_PAGE_DEFAULT: Final = 50  # entries per page without ?limit= (spec §13)
 HISTORY_PAGE_MAX: Final = 500
@@ -103,6 +105,7 @@ class Operators:
                  settings: Settings) -> None:
         self._order_scripts = order_scripts
         self._scripts = order_scripts.scripts
+        self._reads = order_scripts.reads
         self._orders = orders
         self._flights = flights
         self._settings = settings
@@ -176,7 +179,7 @@ class Operators:
             # The id index (outside the flight's slot, its own single-key command) must outlive the
             # order, which now lives past the TTL the index got at creation.
             deadline = int(datetime.fromisoformat(order.hold_expires_at).timestamp() * 1000)
-            await self._scripts.execute("PEXPIREAT", keys.order_flight(order_id), deadline + self._order_ttl_ms, "GT")
+            await self._reads.keep_order_index_until(order_id, deadline + self._order_ttl_ms)
         return order
 
     async def _run_order(self, script: str, order_id: str, args: list[str | int]) -> Order:

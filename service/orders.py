@@ -25,15 +25,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from service import errors, idempotency, keys, limits
-from service.flights import FlightStore, check_flight_id, redis_now_ms
+from service import errors, idempotency, limits
+from service.flights import FlightStore, check_flight_id
 from service.idempotency import KeyedRequest, Record
 from service.models import TERMINAL_STATES, CreatedOrder, Order, iso_ms
-from service.scripts import Arg, OtherSubject, Refusal, Scripts, StaleLayout, StaleView
 from service.settings import Settings
-from service.store import store_call
+from service.store import Store, keys
+from service.store.connection import Arg
+from service.store.errors import OtherSubject, Refusal, StaleLayout, StaleView
 from service.subjects import Subject
 
 ORDER_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -173,9 +172,9 @@ class Written:
 class OrderScripts:
     """Runs the order scripts with the key/argument convention of ``lua/_lib.lua``."""
 
-    def __init__(self, client: aioredis.Redis, scripts: Scripts, settings: Settings) -> None:
-        self.redis = client
-        self.scripts = scripts
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.reads = store.reads
+        self.scripts = store.scripts
         self.settings = settings
         self.seen_seats = BoundedCache(100_000)
         self.subject_of = BoundedCache(100_000)  # order id -> its subject's key (a hint the scripts check)
@@ -270,8 +269,7 @@ class OrderStore:
         self, order_scripts: OrderScripts, flights: FlightStore, settings: Settings, enqueue_payment: Enqueue
     ) -> None:
         self._scripts = order_scripts
-        self._redis = order_scripts.redis
-        self._execute = order_scripts.scripts.execute
+        self._reads = order_scripts.reads
         self._flights = flights
         self._settings = settings
         self._enqueue_payment = enqueue_payment
@@ -302,17 +300,14 @@ class OrderStore:
         written = await self._once(keyed, run)
         if written.replayed:
             # The first request may have lost its answer before it made its id claim permanent.
-            await store_call(self._redis.set(keys.order_flight(written.order.order_id), flight_id,
-                                             px=self._ttl_ms()))
+            await self._reads.index_order(written.order.order_id, flight_id, self._ttl_ms())
         self._flight_of.put(written.order.order_id, flight_id)
         return written
 
     async def _create(self, flight_id: str, order_id: str, caller: Caller, keyed: KeyedRequest | None) -> Written:
         # The id is claimed on a short lease, made permanent once the order exists: a failure in
         # between (503, a dying process) frees the id within SEATS_ORDER_CLAIM_SECONDS.
-        claim_key = keys.order_flight(order_id)
-        claimed = await store_call(self._redis.set(claim_key, flight_id, nx=True, px=self._claim_ms))
-        if not claimed:
+        if not await self._reads.claim_order_id(order_id, flight_id, self._claim_ms):
             raise errors.OrderExists(f"Order {order_id} already exists.", {"orderId": order_id})
         token = idempotency.derive_token(keyed.salt, keyed.key) if keyed else secrets.token_urlsafe(16)
         try:
@@ -321,17 +316,17 @@ class OrderStore:
                 [self._settings.payment_attempts, self._ttl_ms(), str(caller.subject), self._pending_ms],
                 subject_key=caller.subject_key(flight_id), controls=self._controls, keyed=keyed,
             )
-            await store_call(self._redis.pexpire(claim_key, self._ttl_ms()))
+            await self._reads.index_order(order_id, flight_id, self._ttl_ms())
         except Refusal as refusal:
-            await store_call(self._redis.delete(claim_key))
+            await self._reads.release_order_id(order_id)
             raise refusal_error(refusal, order_id) from None
         except errors.StoreUnavailable:
             # The client gets a 503 and never sees the token: free the id now if Redis lets us.
             with contextlib.suppress(errors.StoreUnavailable):
-                await store_call(self._redis.delete(claim_key))
+                await self._reads.release_order_id(order_id)
             raise
         if result.record is not None:  # the same key's first request got there first (create() re-indexes)
-            await store_call(self._redis.delete(claim_key))
+            await self._reads.release_order_id(order_id)
             assert keyed is not None
             return self._replayed(result.record, keyed)
         assert result.order is not None
@@ -347,15 +342,11 @@ class OrderStore:
 
     async def _read(self, order_id: str, token_hash: str | None) -> Order:
         flight_id = await self.flight_of(order_id)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(keys.order(flight_id, order_id))
-        pipe.time()
-        replies: list[Any] = await store_call(pipe.execute())
-        fields, time_reply = replies
+        fields, now_ms = await self._reads.order(flight_id, order_id)
         if not fields or (token_hash is not None and not hmac.compare_digest(fields["tokenHash"], token_hash)):
             raise self._not_found(order_id)
         until = lapses_at(fields)
-        if until is not None and until <= redis_now_ms(time_reply):
+        if until is not None and until <= now_ms:
             result = await self._scripts.expire(flight_id, order_id)
             if result.order is not None:
                 return result.order
@@ -461,9 +452,8 @@ class OrderStore:
         return run() if keyed is None else self._once_keyed(keyed, run)
 
     async def _once_keyed(self, keyed: KeyedRequest, run: Callable[[], Awaitable[Written]]) -> Written:
-        existing = await self._execute(
-            "SET", keyed.record_key, idempotency.pending(keyed), "NX", "GET", "PX", self._lease_ms
-        )
+        existing = await self._reads.claim_idempotency_key(keyed.record_key, idempotency.pending(keyed),
+                                                           self._lease_ms)
         if existing is not None:
             record = idempotency.decode(existing)
             idempotency.check_existing(keyed, record)
@@ -494,7 +484,7 @@ class OrderStore:
 
     async def token_matches(self, flight_id: str, order_id: str, token: str) -> bool:
         """Whether ``token`` belongs to the order (false for unknown orders)."""
-        stored = await store_call(self._redis.hget(keys.order(flight_id, order_id), "tokenHash"))
+        (stored,) = await self._reads.order_fields(flight_id, order_id, "tokenHash")
         return stored is not None and hmac.compare_digest(stored, hash_token(token))
 
     async def flight_of(self, order_id: str) -> str:
@@ -504,7 +494,7 @@ class OrderStore:
             return cached
         if not 1 <= len(order_id) <= 64 or not set(order_id) <= ORDER_ID_ALPHABET:
             raise self._not_found(order_id)
-        flight_id = await store_call(self._redis.get(keys.order_flight(order_id)))
+        flight_id = await self._reads.flight_of_order(order_id)
         if flight_id is None:
             raise self._not_found(order_id)
         self._flight_of.put(order_id, flight_id)

@@ -37,14 +37,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-
-from service import errors, keys, metrics
+from service import errors, metrics
 from service.models import PaymentsSummary
 from service.orders import TRUSTED, OrderScripts
-from service.scripts import Scripts
 from service.settings import Settings
-from service.store import store_call
+from service.store import keys
+from service.store.reads import Reads
+from service.store.scripts import Scripts
 
 log = logging.getLogger("seats.payments")
 
@@ -121,10 +120,10 @@ class SimulatedGateway:
         return GatewayRecord.from_flat(flat)
 
 
-async def read_books(client: aioredis.Redis) -> PaymentsSummary:
+async def read_books(reads: Reads) -> PaymentsSummary:
     """The gateway's books: how many charges and refunds it made. Raises StoreUnavailable."""
-    charged, refunded = await store_call(client.hmget(keys.GATEWAY_BOOKS, ["charged", "refunded"]))
-    return PaymentsSummary(int(charged or 0), int(refunded or 0))
+    charged, refunded = await reads.gateway_books()
+    return PaymentsSummary(charged, refunded)
 
 
 def attempt_key(payment_id: str, attempt_no: int) -> str:
@@ -189,6 +188,8 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
              settings.release_on_failure, attempts_total],
         )
         metrics.payment_attempt(result.outcome, recorded.status)
+        if recorded.status == "CONFIRMED":
+            await replicate_confirmation(order_scripts, settings, flight_id, order_id)
         log.debug("payment attempt", extra={"orderId": order_id, "attempt": attempt_no, "outcome": result.outcome,
                                            "recorded": recorded.status})
         if recorded.order is not None and recorded.order.payment_status == "refunding":
@@ -198,6 +199,27 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
         seen = str(recorded.order.attempts_left)  # the next attempt runs only if nobody moved on
         await asyncio.sleep(settings.payment_backoff_seconds)
     return "EXHAUSTED"
+
+
+async def replicate_confirmation(order_scripts: OrderScripts, settings: Settings, flight_id: str,
+                                 order_id: str) -> None:
+    """Wait until ``SEATS_REDIS_WAIT_REPLICAS`` replicas have the confirmation (spec §12) before the job
+    reports it: replication is asynchronous, and a primary that dies right after the script could take
+    an acknowledged sale with it. A WAIT that times out (or fails) is logged and counted; the
+    confirmation stands (the order is CONFIRMED in Redis whatever happens next).
+    """
+    wanted = settings.wait_replicas
+    if wanted <= 0:
+        return
+    try:
+        acknowledged = await order_scripts.reads.wait_for_replicas(flight_id, wanted, settings.redis_wait_timeout_ms)
+    except errors.StoreUnavailable as exc:
+        acknowledged = -1
+        log.warning("WAIT for replicas failed", extra={"orderId": order_id, "error": str(exc)})
+    metrics.replication_wait(acknowledged >= wanted)
+    if 0 <= acknowledged < wanted:
+        log.warning("a confirmation reached fewer replicas than asked within the timeout",
+                    extra={"orderId": order_id, "replicas": acknowledged, "wanted": wanted})
 
 
 async def settle_payment(
@@ -212,9 +234,8 @@ async def settle_payment(
     changes the order. Returns ``SETTLED``, or ``NOOP`` when there was nothing to settle.
     Raises StoreUnavailable (the order stays ``refunding`` and due; the sweeper tries again).
     """
-    status, payment_id, last_error = await store_call(
-        order_scripts.redis.hmget(keys.order(flight_id, order_id), ["paymentStatus", "paymentId", "lastError"])
-    )
+    status, payment_id, last_error = await order_scripts.reads.order_fields(
+        flight_id, order_id, "paymentStatus", "paymentId", "lastError")
     if status != "refunding" or not payment_id:
         return "NOOP"
     refunds = 0

@@ -22,7 +22,7 @@ from litestar import Litestar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from service.events import broker_of
+from service.live.broker import broker_of
 from service.models import ErrorBody
 from service.settings import Settings
 

@@ -74,6 +74,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return parse_rate(self.rate_limit_writes)
     order_claim_seconds: float = 30.0  # lease on a new order id until its order exists
     eviction_check_seconds: float = 5.0  # /readyz's maxmemory-policy reading is at most this old
+    # Redis Cluster (spec §12): SEATS_REDIS_URL then lists seed nodes, comma-separated.
+    redis_cluster: bool = False
+    redis_wait_replicas: int | None = None  # WAIT after a confirmation: None = 1 in cluster mode, 0 standalone
+    redis_wait_timeout_ms: int = 500
+
+    @property
+    def wait_replicas(self) -> int:
+        """How many replicas must have a confirmation before it is reported (``WAIT``)."""
+        if self.redis_wait_replicas is not None:
+            return self.redis_wait_replicas
+        return 1 if self.redis_cluster else 0
 
     @property
     def queue_url(self) -> str:
@@ -150,6 +161,9 @@ _ENV_NAMES: dict[str, str] = {
     "history_seconds": "SEATS_HISTORY_SECONDS",
     "order_claim_seconds": "SEATS_ORDER_CLAIM_SECONDS",
     "eviction_check_seconds": "SEATS_EVICTION_CHECK_SECONDS",
+    "redis_cluster": "SEATS_REDIS_CLUSTER",
+    "redis_wait_replicas": "SEATS_REDIS_WAIT_REPLICAS",
+    "redis_wait_timeout_ms": "SEATS_REDIS_WAIT_TIMEOUT_MS",
 }
 _LIST_FIELDS = frozenset({"cors_origins", "trusted_proxies"})
 
@@ -188,6 +202,13 @@ def _check_ranges(settings: Settings) -> None:
     _check_http_ranges(settings)
     if settings.worker_metrics_port is not None and not 1 <= settings.worker_metrics_port <= 65535:
         raise SettingsError("SEATS_WORKER_METRICS_PORT must be a TCP port (1-65535)")
+    if settings.redis_cluster and not settings.queue_redis_url:
+        raise SettingsError(
+            "SEATS_REDIS_CLUSTER=true needs SEATS_QUEUE_REDIS_URL: the payment queue (arq) cannot run on a "
+            "Redis Cluster (its transactions span slots); point it at a standalone Redis")
+    if (settings.redis_wait_replicas is not None and settings.redis_wait_replicas < 0) \
+            or settings.redis_wait_timeout_ms < 0:
+        raise SettingsError("SEATS_REDIS_WAIT_REPLICAS and SEATS_REDIS_WAIT_TIMEOUT_MS must be 0 or more")
     if settings.order_claim_seconds <= 0 or settings.eviction_check_seconds <= 0:
         raise SettingsError("SEATS_ORDER_CLAIM_SECONDS and SEATS_EVICTION_CHECK_SECONDS must be positive")
     if settings.history_seconds < 1:

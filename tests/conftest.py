@@ -129,13 +129,55 @@ GENEROUS_CONTROLS: dict[str, Any] = {
 }
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """One private local Redis Cluster for the session (6 nodes: 3 primaries, 3 replicas; tests/cluster.py).
+    Tests that hurt a cluster (kill a primary, fail over) start one of their own."""
+    from tests.cluster import local_cluster
+
+    with local_cluster() as cluster:
+        yield cluster
+
+
 @pytest.fixture
-def make_settings(redis_url: str) -> Callable[..., Settings]:
-    """Factory: settings on the private Redis, deterministic payments unless overridden."""
+def plane() -> str:
+    """Which data plane the service's settings point at: a single Redis here; modules that run on both
+    override this fixture with ``params=["standalone", "cluster"]``."""
+    return "standalone"
+
+
+@pytest.fixture
+def data_url(plane: str, redis_url: str, request: pytest.FixtureRequest) -> str:
+    """SEATS_REDIS_URL of the data plane, emptied before the test (cluster: the seed list; the queue then
+    stays on the private single Redis, as cluster mode requires)."""
+    if plane != "cluster":
+        return redis_url
+    cluster = request.getfixturevalue("redis_cluster")
+    cluster.wait_ok()
+    cluster.flush()
+    return str(cluster.url)
+
+
+@pytest.fixture
+def data_redis(plane: str, data_url: str) -> Iterator[Any]:
+    """A redis-py client that looks inside the data plane (a ``RedisCluster`` on the cluster)."""
+    import redis.cluster
+
+    client: Any = (redis.cluster.RedisCluster.from_url(data_url.split(",", maxsplit=1)[0], decode_responses=True)
+                   if plane == "cluster" else redis.Redis.from_url(data_url, decode_responses=True))
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_settings(redis_url: str, plane: str, data_url: str) -> Callable[..., Settings]:
+    """Factory: settings on the private data plane, deterministic payments unless overridden."""
+    cluster = {"redis_cluster": True, "queue_redis_url": redis_url} if plane == "cluster" else {}
 
     def make(**overrides: Any) -> Settings:
         defaults: dict[str, Any] = {
-            "redis_url": redis_url,
+            "redis_url": data_url,
+            **cluster,
             "payment_failure_rate": 0.0,
             "payment_latency_seconds": 0.0,
             "payment_backoff_seconds": 0.05,

@@ -25,6 +25,16 @@ class Event:
     def json(self) -> Any:
         return json.loads(self.data)
 
+    @property
+    def version(self) -> int:
+        """The version the id names: a flight event's ``<epoch>-<version>``, an order event's ``<version>``."""
+        return int((self.id or "0").rpartition("-")[2])
+
+    @property
+    def epoch(self) -> str:
+        """A flight event's epoch (empty for an order event)."""
+        return (self.id or "").rpartition("-")[0]
+
 
 async def parse(response: httpx.Response) -> AsyncIterator[Event]:
     """Events of an SSE body, in order (comments and retry hints included, for assertions)."""
@@ -118,7 +128,7 @@ class Watch:
 
 def versions(events: list[Event], kind: str = "seats") -> list[int]:
     """The ``id`` of every event of ``kind``, as integers."""
-    return [int(e.id) for e in events if e.event == kind and e.id is not None]
+    return [e.version for e in events if e.event == kind and e.id is not None]
 
 
 def apply(seat_map: dict[str, dict[str, Any]], events: list[Event]) -> dict[str, dict[str, Any]]:

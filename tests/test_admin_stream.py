@@ -8,8 +8,9 @@ from collections.abc import Callable
 import httpx
 import msgspec
 
-from service.feeds import Mirror, SeatChange, SeatsMessage
-from service.flights import Layout
+from service.live.messages import SeatChange, SeatsMessage
+from service.live.mirror import Mirror
+from service.seatmap import Layout
 from tests.conftest import LiveServer
 from tests.sse import Watch, apply
 
@@ -21,7 +22,7 @@ def test_admin_frames_name_orders_and_public_frames_do_not() -> None:
     """A frame's admin bytes carry each held or sold seat's orderId (blocked and available seats none); its
     public bytes and the public snapshot carry no order id at all."""
     layout = Layout.build("FX", 2, "AB", "1", NOW)
-    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(NOW), "createdAt": "1"}, [None] * 4, NOW)
+    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(NOW), "createdAt": "1"}, [None] * 4, NOW, "r1")
     frame = mirror.apply(SeatsMessage(f="FX", v=1, u=NOW, c={
         "1A": SeatChange("held", NOW + 1000, "alice"), "1B": SeatChange("confirmed", None, "bob"),
         "2A": SeatChange("blocked"),

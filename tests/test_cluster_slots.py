@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
-from service import keys
-from service.scripts import Arg, Scripts
+from service.store import keys
+from service.store.connection import Arg
+from service.store.scripts import Scripts
 from tests.conftest import run_worker_burst
 from tests.helpers import auth, hold, new_order
 

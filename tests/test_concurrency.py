@@ -5,36 +5,21 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Callable
-from typing import Any
 
-from service import errors, keys
-from service.flights import FlightStore
+from service import errors
 from service.models import PutFlightRequest
-from service.orders import TRUSTED, OrderScripts, OrderStore
-from service.scripts import Scripts
+from service.orders import TRUSTED
 from service.settings import Settings
-from service.store import connect
-from tests.helpers import CALLER
-
-
-async def _no_enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
-    return None
-
-
-def _store(settings: Settings) -> tuple[Any, OrderStore, OrderScripts, FlightStore]:
-    client = connect(settings.redis_url, settings)
-    scripts = Scripts(client)
-    flights = FlightStore(client, scripts, settings)
-    order_scripts = OrderScripts(client, scripts, settings)
-    return client, OrderStore(order_scripts, flights, settings, _no_enqueue), order_scripts, flights
+from service.store import keys
+from tests.helpers import CALLER, open_rig
 
 
 async def test_racing_orders_end_with_one_holder_per_seat(make_settings: Callable[..., Settings]) -> None:
     """200 orders on two 'API processes' race for overlapping blocks of 8 seats: every seat ends with at most
     one holder, each successful order holds exactly its block, and refused orders hold nothing."""
     settings = make_settings()
-    client_a, store_a, _, flights = _store(settings)
-    client_b, store_b, _, _ = _store(settings)
+    rig_a, rig_b = await open_rig(settings), await open_rig(settings)
+    client_a, store_a, store_b, flights = rig_a.redis, rig_a.orders, rig_b.orders, rig_a.flights
     await flights.put("RACE", PutFlightRequest(rows=4, columns="ABCD"))
     seat_ids = [f"{r}{c}" for r in range(1, 5) for c in "ABCD"]
     rng = random.Random(7)
@@ -65,15 +50,15 @@ async def test_racing_orders_end_with_one_holder_per_seat(make_settings: Callabl
     # winners' blocks are pairwise disjoint: no seat held by two orders
     claimed = [s for w in winners for s in wanted[w]]
     assert len(claimed) == len(set(claimed))
-    await client_a.aclose()
-    await client_b.aclose()
+    await rig_a.close()
+    await rig_b.close()
 
 
 async def test_payment_success_around_deadline_confirms_all_or_nothing(make_settings: Callable[..., Settings]) -> None:
     """A success recorded just before or just after the (payment-extended) deadline confirms every seat or none."""
     settings = make_settings()
-    client, store, order_scripts, flights = _store(settings)
-    await flights.ensure_catalogue()
+    rig = await open_rig(settings)
+    client, store, order_scripts = rig.redis, rig.orders, rig.order_scripts
     outcomes = set()
     for i in range(30):
         order = (await store.create("FL-001", f"edge-{i}", CALLER)).order
@@ -101,4 +86,4 @@ async def test_payment_success_around_deadline_confirms_all_or_nothing(make_sett
             await client.delete(*[keys.seat("FL-001", s) for s in seats])
             await client.hset(keys.flight("FL-001"), "sold", 0)
     assert {"CONFIRMED", "LATE"} <= outcomes, outcomes
-    await client.aclose()
+    await rig.close()

@@ -13,8 +13,9 @@ import httpx
 import pytest
 import redis
 
-from service import idempotency, keys
+from service import idempotency
 from service.settings import Settings
+from service.store import keys
 from service.subjects import Subject, TrustedProxies, client_address, sign_pass, verify_pass
 from tests.conftest import LiveServer
 from tests.helpers import auth, hold, new_order
@@ -310,24 +311,11 @@ def test_idle_order_expires_and_stops_counting(make_client: Callable[..., Any]) 
 async def test_sweeper_expires_idle_orders(make_settings: Callable[..., Settings], redis_url: str) -> None:
     """The worker's sweeper expires an idle PENDING order by itself, and Redis forgets it after retention."""
     from service.expiry import sweep_once
-    from service.orders import OrderScripts, OrderStore
-    from service.scripts import Scripts
-    from service.store import connect
-    from tests.helpers import CALLER
+    from tests.helpers import CALLER, open_rig
 
     settings = make_settings(pending_order_seconds=0.2)
-    client = connect(redis_url, settings)
-    scripts = Scripts(client)
-    from service.flights import FlightStore
-
-    flights = FlightStore(client, scripts, settings)
-    await flights.ensure_catalogue()
-    order_scripts = OrderScripts(client, scripts, settings)
-
-    async def no_enqueue(*_: str) -> None:
-        return None
-
-    store = OrderStore(order_scripts, flights, settings, no_enqueue)
+    rig = await open_rig(settings)
+    client, store, order_scripts = rig.redis, rig.orders, rig.order_scripts
     created = await store.create("FL-001", "idle-1", CALLER)
     assert created.order.state == "PENDING"
     await asyncio.sleep(0.25)
@@ -335,7 +323,7 @@ async def test_sweeper_expires_idle_orders(make_settings: Callable[..., Settings
     state = await client.hget(keys.order("FL-001", "idle-1"), "state")
     ttl = await client.pttl(keys.order("FL-001", "idle-1"))
     assert state == "EXPIRED" and 0 < ttl <= settings.order_retention_seconds * 1000
-    await client.aclose()
+    await rig.close()
 
 
 # --- the stream cap ----------------------------------------------------------------------------------------
@@ -371,17 +359,16 @@ async def test_stream_cap_per_subject(live_server: Callable[..., LiveServer]) ->
 
 async def test_stream_places_of_a_dead_process_lapse(redis_url: str, make_settings: Callable[..., Settings]) -> None:
     """A place not renewed within its lease (its process died) no longer counts against the cap."""
-    from service.scripts import Scripts
-    from service.store import connect
+    from tests.helpers import open_rig
 
-    client = connect(redis_url, make_settings())
-    scripts = Scripts(client)
+    rig = await open_rig(make_settings())
+    scripts = rig.scripts
     key = keys.streams("a:203.0.113.9")
     assert await scripts.run("stream_slot", [key], ["open", 1, 150, "dead:1"]) == 1
     assert await scripts.run("stream_slot", [key], ["open", 1, 150, "live:1"]) == 0
     await asyncio.sleep(0.2)
     assert await scripts.run("stream_slot", [key], ["open", 1, 150, "live:1"]) == 1
-    await client.aclose()
+    await rig.close()
 
 
 # --- Idempotency-Key ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from service import keys
+from service.store import keys
 from tests.conftest import Processes, RedisServer, free_port
 
 pytestmark = pytest.mark.e2e

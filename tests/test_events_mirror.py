@@ -6,8 +6,9 @@ import random
 
 import msgspec
 
-from service.feeds import Mirror, SeatChange, SeatsMessage
-from service.flights import BLOCKED_VALUE, Layout, build_snapshot
+from service.live.messages import SeatChange, SeatsMessage
+from service.live.mirror import Mirror
+from service.seatmap import BLOCKED_VALUE, Layout, build_snapshot
 
 NOW = 1_800_000_000_000
 
@@ -19,7 +20,7 @@ def test_mirror_hash_and_snapshot_match_build_snapshot_after_random_changes() ->
     layout = Layout.build("FX", 12, "ABCDEFG", "3", NOW)
     truth: dict[str, str] = {}  # seat -> raw Redis value, as the Lua scripts write them
     mirror = Mirror.read(layout, {"version": "5", "lastUpdated": str(NOW), "createdAt": "1"},
-                         [None] * len(layout.seat_ids), NOW)
+                         [None] * len(layout.seat_ids), NOW, "lineage-1")
     now = NOW
     for version in range(6, 506):
         now += rng.randint(1, 400)
@@ -54,7 +55,8 @@ def test_mirror_hash_and_snapshot_match_build_snapshot_after_random_changes() ->
 def test_mine_marks_are_per_order_and_owner_ids_never_leave() -> None:
     """A frame's public bytes carry no order ids; a watcher's own seats get mine, others' do not."""
     layout = Layout.build("FX", 2, "AB", "1", NOW)
-    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(NOW), "createdAt": "1"}, [None] * 4, NOW)
+    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(NOW), "createdAt": "1"}, [None] * 4, NOW,
+                         "lineage-1")
     frame = mirror.apply(SeatsMessage(f="FX", v=1, u=NOW, c={
         "1A": SeatChange("held", NOW + 1000, "alice"), "1B": SeatChange("confirmed", None, "bob"),
     }))

@@ -8,32 +8,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from service import keys
 from service.expiry import run_sweeper, sweep_once
 from service.flights import FlightStore
 from service.orders import OrderScripts, OrderStore
-from service.scripts import Scripts
 from service.settings import Settings
-from service.store import connect
-from tests.helpers import CALLER
+from service.store import keys
+from tests.helpers import CALLER, DomainRig, open_rig
 
-
-async def _no_enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
-    return None
+RIGS: list[DomainRig] = []
 
 
 async def _rig(settings: Settings) -> tuple[Any, OrderStore, OrderScripts, FlightStore]:
-    client = connect(settings.redis_url, settings)
-    scripts = Scripts(client)
-    flights = FlightStore(client, scripts, settings)
-    await flights.ensure_catalogue()
-    order_scripts = OrderScripts(client, scripts, settings)
-    return client, OrderStore(order_scripts, flights, settings, _no_enqueue), order_scripts, flights
+    rig = await open_rig(settings)
+    RIGS.append(rig)
+    return rig.redis, rig.orders, rig.order_scripts, rig.flights
 
 
 async def test_lapsed_hold_reads_available_before_sweep(make_settings: Callable[..., Settings]) -> None:
     """Right after the deadline, with no sweeper, the map shows the seat available and the order EXPIRED."""
-    client, store, _, flights = await _rig(make_settings(hold_seconds=0.2))
+    _client, store, _, flights = await _rig(make_settings(hold_seconds=0.2))
     created = await store.create("FL-001", "lapse", CALLER)
     held = (await store.select_seats("lapse", created.token, ["1A"], CALLER)).order
     snapshot, _ = await flights.snapshot("FL-001")
@@ -44,7 +37,7 @@ async def test_lapsed_hold_reads_available_before_sweep(make_settings: Callable[
     assert snapshot.hash != "" and snapshot.version == held.version - 1  # the sweeper has not bumped it yet
     order = await store.get("lapse", created.token)
     assert order.state == "EXPIRED" and order.last_error
-    await client.aclose()
+    await RIGS.pop().close()
 
 
 async def test_sweeper_expires_within_a_second(make_settings: Callable[..., Settings]) -> None:
@@ -67,7 +60,7 @@ async def test_sweeper_expires_within_a_second(make_settings: Callable[..., Sett
     assert expired_at - deadline < 1000
     assert int(await client.hget(keys.flight("FL-001"), "version")) == version_before + 1
     assert await client.zcard(keys.deadlines("FL-001")) == 0
-    await client.aclose()
+    await RIGS.pop().close()
 
 
 async def test_failed_order_releases_at_its_deadline(make_settings: Callable[..., Settings]) -> None:
@@ -85,4 +78,4 @@ async def test_failed_order_releases_at_its_deadline(make_settings: Callable[...
     assert await client.zcard(keys.deadlines("FL-001")) == 0
     snapshot, _ = await flights.snapshot("FL-001")
     assert snapshot.seats["5A"].status == "available"
-    await client.aclose()
+    await RIGS.pop().close()

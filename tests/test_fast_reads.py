@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from service.feeds import Mirror
-from service.flights import Layout
+from service.live.mirror import Mirror
+from service.seatmap import Layout
 from tests.conftest import LiveServer
 
 FLIGHT = "FL-001"
@@ -142,11 +142,12 @@ async def test_lapsed_hold_is_not_shown_held_by_the_fast_path(live_server: Calla
 
 def test_live_state_is_valid_until_the_earliest_counted_hold() -> None:
     """The mirror's fast state names the earliest deadline of a hold its hash still counts."""
-    from service.feeds import SeatChange, SeatsMessage
+    from service.live.messages import SeatChange, SeatsMessage
 
     now = 1_800_000_000_000
     layout = Layout.build("FX", 2, "AB", "1", now)
-    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(now), "createdAt": "1"}, [None] * 4, now)
+    mirror = Mirror.read(layout, {"version": "0", "lastUpdated": str(now), "createdAt": "1"}, [None] * 4, now,
+                         "lineage-1")
     assert mirror.live_state().valid_until == 2**62
     mirror.apply(SeatsMessage(f="FX", v=1, u=now, c={
         "1A": SeatChange("held", now + 5000, "o1"), "1B": SeatChange("held", now - 1, "o2"),
@@ -183,7 +184,7 @@ async def test_data_loss_is_noticed_by_the_fast_path(live_server: Callable[..., 
 async def test_read_feed_ends_when_nobody_reads(live_server: Callable[..., LiveServer],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A read starts a feed for the flight; unread (and unwatched) it is evicted again."""
-    from service import events
+    from service.live import broker as events
 
     monkeypatch.setattr(events, "READ_FEED_IDLE_SECONDS", 0.3)
     a = live_server(sse_heartbeat_seconds=0.1)

@@ -19,10 +19,17 @@ import pytest
 import redis.asyncio as aioredis
 
 from service import errors
-from service.multiplexed import CLIENT_NAME, MultiplexedRedis, RedisReplyError
-from service.scripts import Refusal, Scripts
-from service.subscription import open_pattern_subscription
+from service.store.connection import CLIENT_NAME, MultiplexedRedis, RedisReplyError
+from service.store.errors import Refusal
+from service.store.scripts import Scripts
+from service.store.subscription import Subscriber
+from service.store.transport import StandaloneTransport
 from tests.conftest import RedisServer, free_port
+
+
+def standalone(client: MultiplexedRedis) -> StandaloneTransport:
+    """The transport the store builds around one connection to a single Redis."""
+    return StandaloneTransport(client, ("127.0.0.1", 0), "redis://127.0.0.1")
 
 
 @pytest.fixture
@@ -118,7 +125,7 @@ async def test_unreachable_server_is_store_unavailable() -> None:
 async def test_restarted_server_is_reached_again_and_scripts_reload(redis_server: RedisServer) -> None:
     """After a restart the cache of scripts is empty: the next call loads the script and runs it."""
     client = MultiplexedRedis(redis_server.url)
-    scripts = Scripts(client)
+    scripts = Scripts(standalone(client))
     try:
         assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
         redis_server.restart()
@@ -198,14 +205,20 @@ async def test_unix_socket_url_reaches_the_same_server(tmp_path: Path) -> None:
         finally:
             await client.aclose()
         heard: list[bytes] = []
-        subscription = await open_pattern_subscription(url, "u:*", lambda channel, data: heard.append(data))
-        publisher = aioredis.Redis.from_url(url)
-        await publisher.publish("u:1", "hello")
-        await publisher.aclose()
+        subscriber = Subscriber(StandaloneTransport(MultiplexedRedis(url), ("unix", 0), url),
+                                lambda channel, data: heard.append(data), lambda channel: None)
+        running = asyncio.create_task(subscriber.run_forever())
+        state = subscriber.want("u:1")
         deadline = time.monotonic() + 5
+        while not state.ready.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        publisher = aioredis.Redis.from_url(url)
+        await publisher.execute_command("SPUBLISH", "u:1", "hello")
+        await publisher.aclose()
         while not heard and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        subscription.close()
+        running.cancel()
+        subscriber.close()
         assert heard == [b"hello"]
     finally:
         server.terminate()
@@ -215,7 +228,7 @@ async def test_unix_socket_url_reaches_the_same_server(tmp_path: Path) -> None:
 async def test_redis_errors_are_not_refusals(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
     """Only the scripts' own codes are refusals (4xx); a script bug stays an error (500) and an
     out-of-memory Redis is StoreUnavailable (503), never "Unexpected refusal OOM"."""
-    scripts = Scripts(mux)
+    scripts = Scripts(standalone(mux))
     with pytest.raises(RedisReplyError) as raised:  # too few arguments: HSET of a nil fails in Lua
         await scripts.run("put_flight", ["seats:{X}:flight", "seats:{X}:changes", "seats:{X}:deadlines"],
                           ["seats:{X}:events", 10, "X"])
@@ -229,13 +242,15 @@ async def test_redis_errors_are_not_refusals(mux: MultiplexedRedis, admin: aiore
         await admin.config_set("maxmemory", 0)
 
 
-async def test_script_cache_flush_is_survived_by_both_clients(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
-    """After SCRIPT FLUSH the script is loaded again, over the pipelined connection and over redis-py."""
-    for client in (mux, admin):
-        scripts = Scripts(client)
-        await scripts.load_all()
-        await admin.script_flush()
-        assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
+async def test_script_cache_flush_is_survived(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    """After SCRIPT FLUSH a script is loaded again when called, and readiness's check loads them all."""
+    scripts = Scripts(standalone(mux))
+    await scripts.load_all()
+    await admin.script_flush()
+    assert await scripts.run("due_orders", ["seats:{X}:deadlines"], [1]) == []
+    assert await admin.script_exists(*scripts._shas.values()) != [True] * len(scripts._shas)
+    await scripts.ensure_loaded()
+    assert await admin.script_exists(*scripts._shas.values()) == [True] * len(scripts._shas)
 
 
 async def test_close_while_connecting_is_store_unavailable() -> None:
@@ -266,7 +281,7 @@ async def test_an_undecodable_value_does_not_break_the_connection(mux: Multiplex
 
 def test_every_code_the_scripts_refuse_with_is_known_as_a_refusal() -> None:
     """REFUSAL_CODES must list each ``fail('CODE'`` in lua/: an unlisted one would reach clients as a 500."""
-    from service.scripts import REFUSAL_CODES
+    from service.store.errors import REFUSAL_CODES
 
     lua_dir = Path(__file__).resolve().parent.parent / "lua"
     used = {code for path in lua_dir.glob("*.lua") for code in re.findall(r"fail\('([A-Z_]+)'", path.read_text())}

@@ -15,16 +15,15 @@ import msgspec
 import pytest
 import redis.asyncio
 
-from service import errors, keys
+from service import errors
 from service.expiry import sweep_once
-from service.flights import FlightStore
 from service.models import Order, PaymentsSummary
 from service.orders import OrderScripts, OrderStore
 from service.payments import GatewayRecord, SimulatedGateway, attempt_key, process_payment, read_books, settle_payment
-from service.scripts import Refusal, Scripts
 from service.settings import Settings
-from service.store import connect, connect_pipelined
-from tests.helpers import CALLER
+from service.store import keys
+from service.store.errors import Refusal
+from tests.helpers import CALLER, DomainRig, open_rig
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Rig:
     order_scripts: OrderScripts
     gateway: SimulatedGateway
     enqueued: list[str]
+    redis: Any  # a redis-py client to look inside Redis
 
     async def paying_order(self, order_id: str, seats: list[str]) -> tuple[Order, str]:
         created = await self.store.create("FL-001", order_id, CALLER)
@@ -47,19 +47,19 @@ class Rig:
         return await process_payment(self.order_scripts, self.gateway, self.settings, "FL-001", order_id, payment_id)
 
     async def fields(self, order_id: str) -> dict[str, str]:
-        return dict(await self.order_scripts.redis.hgetall(keys.order("FL-001", order_id)))
+        return dict(await self.redis.hgetall(keys.order("FL-001", order_id)))
 
     async def charges(self) -> int:
-        return (await read_books(self.order_scripts.redis)).charged
+        return (await read_books(self.order_scripts.reads)).charged
 
     async def books(self) -> PaymentsSummary:
-        return await read_books(self.order_scripts.redis)
+        return await read_books(self.order_scripts.reads)
 
     async def records(self, payment_id: str) -> dict[int, GatewayRecord]:
         """The gateway's records of a submission, by attempt number (the test reads Redis directly)."""
         found = {}
         for attempt_no in range(1, self.settings.payment_attempts + 1):
-            flat = await self.order_scripts.redis.hgetall(keys.gateway_charge(attempt_key(payment_id, attempt_no)))
+            flat = await self.redis.hgetall(keys.gateway_charge(attempt_key(payment_id, attempt_no)))
             if flat:
                 found[attempt_no] = GatewayRecord.from_flat([x for kv in flat.items() for x in kv])
         return found
@@ -73,28 +73,23 @@ class Rig:
 @pytest.fixture
 async def make_rig(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., object]]:
     """Factory for rigs; closes their clients."""
-    clients: list[Any] = []
+    rigs: list[DomainRig] = []
 
     async def make(**overrides: object) -> Rig:
         settings = make_settings(**overrides)
-        client = connect(settings.redis_url, settings)
-        pipelined = connect_pipelined(settings)  # what the worker runs scripts and the gateway over
-        clients.extend([client, pipelined])
-        scripts = Scripts(pipelined)
-        flights = FlightStore(client, scripts, settings)
-        await flights.ensure_catalogue()
-        order_scripts = OrderScripts(client, scripts, settings)
         enqueued: list[str] = []
 
         async def enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
             enqueued.append(payment_id)
 
-        store = OrderStore(order_scripts, flights, settings, enqueue)
-        return Rig(settings, store, order_scripts, SimulatedGateway(scripts, settings), enqueued)
+        rig = await open_rig(settings, enqueue)  # the domain as the worker and the API build it
+        rigs.append(rig)
+        return Rig(settings, rig.orders, rig.order_scripts, SimulatedGateway(rig.scripts, settings), enqueued,
+                   rig.redis)
 
     yield make
-    for client in clients:
-        await client.aclose()
+    for rig in rigs:
+        await rig.close()
 
 
 async def test_job_run_twice_confirms_once(make_rig: Callable[..., object]) -> None:
@@ -289,7 +284,7 @@ async def test_rerun_resumes_from_the_gateways_records(make_rig: Callable[..., o
 
 async def take_seat(rig: Rig, seat_id: str) -> None:
     """Another order now holds ``seat_id`` (as after a lapse and a new hold): the paying order lost it."""
-    await rig.order_scripts.redis.set(keys.seat("FL-001", seat_id), "H|intruder|9999999999999")
+    await rig.redis.set(keys.seat("FL-001", seat_id), "H|intruder|9999999999999")
 
 
 async def test_success_that_cannot_confirm_is_refunded_once(make_rig: Callable[..., object]) -> None:
@@ -303,7 +298,7 @@ async def test_success_that_cannot_confirm_is_refunded_once(make_rig: Callable[.
     assert (fields["state"], fields["paymentStatus"]) == ("EXPIRED", "refunded")
     assert "refunded" in fields["lastError"] and "nothing was confirmed" in fields["lastError"]
     assert await rig.books() == PaymentsSummary(1, 1)
-    assert await rig.order_scripts.redis.zscore(keys.deadlines("FL-001"), "gone") is None
+    assert await rig.redis.zscore(keys.deadlines("FL-001"), "gone") is None
     assert await rig.run_job("gone", payment_id) == "NOOP" and await rig.sweep() == 0
     assert await rig.books() == PaymentsSummary(1, 1)
 
@@ -334,8 +329,8 @@ async def test_refund_survives_a_worker_dying_before_it(make_rig: Callable[..., 
 
 async def lapse(rig: Rig, order_id: str) -> None:
     """Move the order's hold deadline into the past (as if the payment window ran out)."""
-    await rig.order_scripts.redis.hset(keys.order("FL-001", order_id), "holdExpiresAt", 1)
-    await rig.order_scripts.redis.zadd(keys.deadlines("FL-001"), {order_id: 1})
+    await rig.redis.hset(keys.order("FL-001", order_id), "holdExpiresAt", 1)
+    await rig.redis.zadd(keys.deadlines("FL-001"), {order_id: 1})
 
 
 async def test_paying_order_expired_by_the_sweeper_is_settled(make_rig: Callable[..., object]) -> None:
@@ -366,7 +361,7 @@ async def test_every_action_on_a_lapsed_paying_order_sees_it_expired(make_rig: C
     fields = await rig.fields("lapsed")
     assert (fields["state"], fields["paymentStatus"]) == ("EXPIRED", "failed")
     assert await rig.books() == PaymentsSummary(0, 0)
-    assert await rig.order_scripts.redis.get(keys.seat("FL-001", "5C")) is None
+    assert await rig.redis.get(keys.seat("FL-001", "5C")) is None
 
 
 async def test_status_shows_retrying_between_attempts(make_rig: Callable[..., object]) -> None:
@@ -392,5 +387,5 @@ async def test_payment_extends_hold(make_rig: Callable[..., object]) -> None:
     deadline_ms = int((await rig.fields("extend"))["holdExpiresAt"])
     assert deadline_ms - created_ms >= rig.settings.payment_window_seconds * 1000 - 1000
     assert order.hold_expires_at is not None
-    ttl = await rig.order_scripts.redis.pttl(keys.seat("FL-001", "3A"))
+    ttl = await rig.redis.pttl(keys.seat("FL-001", "3A"))
     assert ttl > 10_000

@@ -30,7 +30,7 @@ def test_readyz_fails_unless_redis_runs_noeviction(make_client: Callable[..., An
     failing = client.get("/readyz")
     assert failing.status_code == 503, failing.text
     assert "volatile-lru" in failing.json()["failing"]["maxmemory-policy"]
-    assert failing.json()["ok"] == ["redis", "scripts"]
+    assert failing.json()["ok"] == ["redis", "queue", "scripts", "subscription"]
     admin_redis.config_set("maxmemory-policy", "noeviction")
     time.sleep(0.3)
     assert client.get("/readyz").status_code == 200
@@ -51,7 +51,7 @@ def test_start_up_reads_the_policy_and_logs_it(make_client: Callable[..., Any], 
     """The API reads the policy at start-up: an evicting one is logged as an error and /readyz is 503
     at once; noeviction is logged as such."""
     admin_redis.config_set("maxmemory-policy", "allkeys-lru")
-    collect, logger = Collect(), logging.getLogger("seats.app")
+    collect, logger = Collect(), logging.getLogger("seats.wiring")
     logger.addHandler(collect)
     try:
         client = make_client()  # the reading is 5 s old at most: this one is from start-up

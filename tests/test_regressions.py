@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from service import keys
+from service.store import keys
 from tests.conftest import REPO, free_port, run_worker_burst
 from tests.helpers import auth, hold, new_order, seat_statuses
 
@@ -225,21 +225,19 @@ def test_spec9_item_15_confirmation_is_fenced_on_ownership(make_client: Any, red
     client.post(f"/orders/{order_id}/payment", json={"code": "12345"}, headers=auth(token))
     data.set(keys.seat("FL-001", "5B"), "H|intruder|9999999999999")  # ownership lost behind our back
     payment_id = data.hget(keys.order("FL-001", order_id), "paymentId")
-    from service.orders import TRUSTED, OrderScripts
-    from service.scripts import Scripts
-    from service.store import connect
+    from service.orders import TRUSTED
+    from tests.helpers import open_rig
 
     async def record() -> str:
-        settings = client.app.state.services.settings
-        conn = connect(redis_url, settings)
+        rig = await open_rig(client.app.state.services.settings)
         try:
-            result = await OrderScripts(conn, Scripts(conn), settings).run(
+            result = await rig.order_scripts.run(
                 "record_attempt", "FL-001", order_id, TRUSTED,
                 [payment_id, "3", "success", "", "CNF-X", "deadline", 3],
             )
             return result.status
         finally:
-            await conn.aclose()
+            await rig.close()
 
     assert asyncio.run(record()) == "LATE"
     assert data.get(keys.seat("FL-001", "5A")) is None
@@ -250,10 +248,9 @@ def test_spec9_item_15_confirmation_is_fenced_on_ownership(make_client: Any, red
 def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: str) -> None:
     """A gateway success that arrives after the hold ran out confirms nothing, releases the seat, is
     refunded (issue 10) and says why."""
-    from service.orders import TRUSTED, OrderScripts
+    from service.orders import TRUSTED
     from service.payments import SimulatedGateway, process_payment
-    from service.scripts import Scripts
-    from service.store import connect, connect_pipelined
+    from tests.helpers import open_rig
 
     client = make_client(hold_seconds=0.3, payment_latency_seconds=0.6)
     settings = client.app.state.services.settings
@@ -261,19 +258,16 @@ def test_spec9_item_16_late_success_never_confirms(make_client: Any, redis_url: 
     hold(client, order_id, token, ["5D"])
 
     async def pay_with_a_slow_gateway() -> str:
-        conn = connect(redis_url, settings)
-        pipelined = connect_pipelined(settings)
+        rig = await open_rig(settings)
         try:
-            scripts = Scripts(pipelined)
-            order_scripts = OrderScripts(conn, scripts, settings)
+            scripts, order_scripts = rig.scripts, rig.order_scripts
             # a payment window shorter than the gateway's latency: the hold lapses mid-attempt
             begun = await order_scripts.run("begin_payment", "FL-001", order_id, TRUSTED, ["late-pay", 1])
             assert begun.status == "OK"
             gateway = SimulatedGateway(scripts, settings)
             return await process_payment(order_scripts, gateway, settings, "FL-001", order_id, "late-pay")
         finally:
-            await pipelined.aclose()
-            await conn.aclose()
+            await rig.close()
 
     assert asyncio.run(pay_with_a_slow_gateway()) == "LATE"
     late = client.get(f"/orders/{order_id}", headers=auth(token)).json()

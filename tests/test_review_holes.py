@@ -12,15 +12,15 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-from service import errors, idempotency, keys
+from service import errors, idempotency
 from service.orders import refusal_error
-from service.scripts import Refusal, Scripts, StaleView
 from service.settings import Settings
-from service.store import connect
+from service.store import keys
+from service.store.errors import Refusal, StaleView
+from service.store.scripts import Scripts
 from tests.conftest import REPO
-from tests.helpers import auth, hold, new_order, seat_statuses
+from tests.helpers import auth, hold, new_order, open_rig, seat_statuses
 
 ADMIN = auth("admin-secret")
 
@@ -110,8 +110,8 @@ def test_hold_script_refuses_keys_out_of_step_with_the_selection(make_settings: 
     settings = make_settings()
 
     async def scenario() -> None:
-        client = connect(settings.redis_url, settings)
-        scripts = Scripts(client)
+        rig = await open_rig(settings)
+        client, scripts = rig.redis, rig.scripts
         try:
             await scripts.run("put_flight", [keys.flight("KM"), keys.changes("KM"), keys.deadlines("KM")],
                               [keys.events_channel("KM"), 100, "KM", 2, "AB", 4, "ensure"])
@@ -135,7 +135,7 @@ def test_hold_script_refuses_keys_out_of_step_with_the_selection(make_settings: 
             assert await client.get(keys.seat("OTHER", "1B")) is None
             assert await client.hget(keys.order("KM", "o1"), "seats") == "1A"
         finally:
-            await client.aclose()
+            await rig.close()
 
     asyncio.run(scenario())
 
@@ -167,22 +167,20 @@ def test_store_failure_after_claiming_an_order_id_frees_it(make_client: Callable
     cannot even be told, the claim is a short lease (SEATS_ORDER_CLAIM_SECONDS), not a week."""
     client = make_client(order_claim_seconds=30)
     services = client.app.state.services
-    real_run = services.scripts.run
+    real_run = services.store.scripts.run
 
     async def create_fails(name: str, *args: Any) -> Any:
         if name == "create_order":
             raise errors.StoreUnavailable("Redis went away")
         return await real_run(name, *args)
 
-    monkeypatch.setattr(services.scripts, "run", create_fails)
+    monkeypatch.setattr(services.store.scripts, "run", create_fails)
     body = {"flightId": "FL-001", "orderId": "claimed-1"}
     assert client.post("/orders", json=body).status_code == 503
-    orders_redis = services.orders._redis  # the store's own client, to fail its DEL
+    async def release_fails(*_: Any) -> None:
+        raise errors.StoreUnavailable("Redis went away")
 
-    async def delete_fails(*_: Any) -> int:
-        raise RedisConnectionError("Redis went away")
-
-    monkeypatch.setattr(orders_redis, "delete", delete_fails)
+    monkeypatch.setattr(services.store.reads, "release_order_id", release_fails)  # Redis cannot even be told
     assert client.post("/orders", json={"flightId": "FL-001", "orderId": "claimed-2"}).status_code == 503
     monkeypatch.undo()
     data = redis.Redis.from_url(redis_url)
@@ -199,7 +197,7 @@ def test_an_unknown_refusal_code_is_a_500(make_client: Callable[..., Any], monke
     async def new_code(*_: Any) -> Any:
         raise Refusal("BRAND_NEW", "something")
 
-    monkeypatch.setattr(client.app.state.services.scripts, "run", new_code)
+    monkeypatch.setattr(client.app.state.services.store.scripts, "run", new_code)
     response = hold(client, order_id, token, ["3A"])
     assert response.status_code == 500, response.text
     assert response.json()["error"] == "internal_error"
@@ -247,7 +245,7 @@ def produce_409s(client: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     async def always_stale(*_: Any) -> Any:
         raise StaleView("STALE", "")  # another writer changes the order before every retry
 
-    monkeypatch.setattr(client.app.state.services.scripts, "run", always_stale)
+    monkeypatch.setattr(client.app.state.services.store.scripts, "run", always_stale)
     got["conflict"] = hold(client, c_id, c_token, ["4C"]).json()["error"]
     return got
 

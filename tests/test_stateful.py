@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,14 +14,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from service import keys
 from service.expiry import sweep_once
-from service.flights import FlightStore
 from service.models import PutFlightRequest
-from service.orders import TRUSTED, OrderScripts, hash_token
-from service.scripts import Refusal, Scripts
-from service.settings import load_settings
-from service.store import connect
+from service.orders import TRUSTED, hash_token
+from service.settings import Settings
+from service.store import keys
+from service.store.errors import Refusal
+from tests.helpers import open_rig
 
 FLIGHT = "SM-1"
 SEATS = [f"{row}{col}" for row in (1, 2) for col in "ABC"]
@@ -43,22 +43,22 @@ class ModelOrder:
 class ReservationMachine(RuleBasedStateMachine):
     """Rules call the real scripts; the model predicts each reply and the resulting seat map."""
 
-    def __init__(self, redis_url: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.settings = load_settings({}, redis_url=redis_url, release_on_failure="deadline")
-        self.client = connect(redis_url, self.settings)
+        self.settings = settings
+        self.rig = self.run(open_rig(self.settings))
+        self.client = self.rig.redis
         self.run(self.client.flushall())
-        scripts = Scripts(self.client)
-        self.order_scripts = OrderScripts(self.client, scripts, self.settings)
-        self.run(FlightStore(self.client, scripts, self.settings).put(FLIGHT, PutFlightRequest(2, "ABC")))
+        self.order_scripts = self.rig.order_scripts
+        self.run(self.rig.flights.put(FLIGHT, PutFlightRequest(2, "ABC")))
         self.model = {o: ModelOrder() for o in ORDERS}
         self.sold: dict[str, str] = {}
         for order_id in ORDERS:
             self.call("create_order", order_id, hash_token(order_id), [3, LONG_MS * 10, "a:192.0.2.1", LONG_MS * 10])
 
     def teardown(self) -> None:
-        self.run(self.client.aclose())
+        self.run(self.rig.close())
         self.loop.close()
 
     def run(self, coro: Any) -> Any:
@@ -215,10 +215,17 @@ class ReservationMachine(RuleBasedStateMachine):
                 assert not any(v and v.startswith(f"H|{order_id}|") for v in held), "a terminal order holds seats"
 
 
+@pytest.fixture(params=["standalone", "cluster"])
+def plane(request: pytest.FixtureRequest) -> str:
+    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
+    return str(request.param)
+
+
 @pytest.mark.timeout(600)
-def test_reservation_state_machine(redis_url: str) -> None:
+def test_reservation_state_machine(make_settings: Callable[..., Settings]) -> None:
     """Random sequences of holds, swaps, cancels, payments, duplicate attempts and sweeps keep every invariant."""
+    settings = make_settings(release_on_failure="deadline")
     run_state_machine_as_test(
-        lambda: ReservationMachine(redis_url),
+        lambda: ReservationMachine(settings),
         settings=hsettings(max_examples=60, stateful_step_count=30, deadline=None),
     )

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from service import keys
+from service.store import keys
 from tests.conftest import Processes, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -8,6 +8,7 @@ from arq import Retry
 
 from service.errors import StoreUnavailable
 from service.payments import process_payment as run_payment_attempts
+from service.wiring import WorkerServices
 
 
 async def process_payment(ctx: dict[str, Any], flight_id: str, order_id: str, payment_id: str) -> str:
@@ -17,8 +18,10 @@ async def process_payment(ctx: dict[str, Any], flight_id: str, order_id: str, pa
     (up to the worker's ``max_tries``): the re-run resumes from the order's fence and the gateway's
     records; past the retries, the order's deadline ends it and the sweeper settles its payment.
     """
+    services: WorkerServices = ctx["services"]
+    assert services.gateway is not None
     try:
-        return await run_payment_attempts(ctx["order_scripts"], ctx["gateway"], ctx["settings"], flight_id,
+        return await run_payment_attempts(services.order_scripts, services.gateway, services.settings, flight_id,
                                           order_id, payment_id)
     except StoreUnavailable as exc:
-        raise Retry(defer=ctx["settings"].payment_backoff_seconds) from exc
+        raise Retry(defer=services.settings.payment_backoff_seconds) from exc

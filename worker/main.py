@@ -7,9 +7,6 @@ This process exits when Redis goes away (arq's behaviour); ``worker.supervisor``
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import functools
 import logging
 from typing import Any
 
@@ -18,47 +15,23 @@ from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from prometheus_client import start_http_server
 
-from service.expiry import run_sweeper
 from service.logs import configure_logging
-from service.orders import OrderScripts
-from service.payments import SimulatedGateway, settle_payment
 from service.process import freeze_startup_heap
-from service.scripts import Scripts
 from service.settings import Settings, load_settings
-from service.store import connect, connect_pipelined
+from service.wiring import open_worker
 from worker.jobs import process_payment
 
 
 def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
-    """An arq Worker for ``settings``: jobs, sweeper task and the resources they share."""
+    """An arq Worker for ``settings``: jobs, sweeper task and the resources they share (``service.wiring``)."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        client = connect(settings.redis_url, settings)
-        pipelined = connect_pipelined(settings)
-        scripts = Scripts(pipelined)
-        await scripts.load_all()
-        order_scripts = OrderScripts(client, scripts, settings)
-        gateway = SimulatedGateway(scripts, settings)
-        settle = functools.partial(settle_payment, order_scripts, gateway, settings)
-        ctx.update(
-            settings=settings,
-            redis_client=client,
-            pipelined_client=pipelined,
-            order_scripts=order_scripts,
-            gateway=gateway,
-            sweeper=asyncio.create_task(run_sweeper(order_scripts, settings.sweep_interval_seconds, settle)),
-        )
+        ctx["services"] = await open_worker(settings, queue=ctx["redis"])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        sweeper = ctx.get("sweeper")
-        if sweeper is not None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-        for name in ("pipelined_client", "redis_client"):
-            client = ctx.get(name)
-            if client is not None:
-                await client.aclose()
+        services = ctx.get("services")
+        if services is not None:
+            await services.close()
 
     return Worker(
         functions=[func(process_payment, name="process_payment", timeout=settings.payment_job_timeout_seconds)],

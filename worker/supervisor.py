@@ -14,6 +14,7 @@ import time
 from types import FrameType
 
 from service.logs import configure_logging
+from service.settings import load_settings
 
 log = logging.getLogger("seats.worker")
 
@@ -53,6 +54,8 @@ def supervise(command: list[str] | None = None) -> int:
 
 
 def main() -> None:
-    """Entry point of ``seats worker``."""
+    """Entry point of ``seats worker``: settings are checked before any child starts (a setting the
+    worker cannot take must stop it, not make it restart forever: SettingsError reaches ``seats``)."""
     configure_logging()
+    load_settings()
     sys.exit(supervise())

@@ -62,7 +62,7 @@ async def payments_summary(services: ServicesDep) -> PaymentsSummary:
     Once every order is terminal and settled, charged - refunded = the number of CONFIRMED orders
     (spec §11). Admin token: none → 401, wrong → 403.
     """
-    return await read_books(services.redis)
+    return await read_books(services.store.reads)
 
 
 @get("/admin/flights/{flight_id:str}/seats/{seat_id:str}/history", guards=[admin_guard],

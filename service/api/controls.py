@@ -16,9 +16,10 @@ import msgspec
 from litestar import Response
 
 from service import errors, idempotency, limits, subjects
-from service.api.deps import AnyRequest, Services
+from service.api.deps import AnyRequest
 from service.orders import Caller, Written
 from service.subjects import Subject
+from service.wiring import Services
 
 
 def subject_of(request: AnyRequest, services: Services) -> Subject:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import hmac
 import json
 from collections.abc import Generator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import msgspec
-import redis.asyncio as aioredis
-from arq.connections import ArqRedis
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
@@ -21,16 +18,9 @@ from litestar.openapi.spec import Reference, Schema
 from litestar.typing import FieldDefinition
 
 from service import errors
-from service.events import EventBroker
-from service.eviction import EvictionPolicy
-from service.flights import FlightStore
-from service.limits import StreamSlots
 from service.models import CreateOrderRequest, PaymentRequest, PutFlightRequest, SelectSeatsRequest
-from service.operators import Operators
-from service.orders import OrderStore
-from service.scripts import Scripts
 from service.settings import Settings
-from service.subjects import TrustedProxies
+from service.wiring import Services
 
 if TYPE_CHECKING:
     from litestar._openapi.schema_generation import SchemaCreator
@@ -39,23 +29,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 AnyRequest = Request[object, object, State]
 AnyConnection = ASGIConnection[Any, Any, Any, Any]
-
-
-@dataclass(slots=True)
-class Services:
-    """Everything the lifespan opens, handed to handlers; nothing global."""
-
-    settings: Settings
-    redis: aioredis.Redis
-    queue: ArqRedis | None
-    scripts: Scripts
-    flights: FlightStore
-    orders: OrderStore
-    events: EventBroker | None = None  # live updates (SSE); started last, stopped first
-    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
-    stream_slots: StreamSlots | None = None  # the cap on open streams per subject
-    eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
-    operators: Operators | None = None  # history and admin actions (spec §13)
 
 
 ServicesDep = NamedDependency[Services]

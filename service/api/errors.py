@@ -7,8 +7,6 @@ import logging
 from litestar import MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import errors
 from service.models import ErrorBody
@@ -48,12 +46,6 @@ def http_error(_: Request[object, object, State], exc: HTTPException) -> Respons
     return _json(status, code, str(message), {}, headers)
 
 
-def store_error(_: Request[object, object, State], exc: Exception) -> Response[ErrorBody]:
-    """Redis unreachable: 503, never a guess."""
-    log.warning("store unavailable: %s", exc)
-    return _json(503, "store_unavailable", "The seat store (Redis) cannot be reached.", {})
-
-
 def unexpected_error(_: Request[object, object, State], exc: Exception) -> Response[ErrorBody]:
     """Anything else is a bug: log it, answer a JSON 500."""
     log.exception("unhandled error", exc_info=exc)
@@ -63,7 +55,5 @@ def unexpected_error(_: Request[object, object, State], exc: Exception) -> Respo
 EXCEPTION_HANDLERS = {
     errors.SeatsError: domain_error,
     HTTPException: http_error,
-    RedisConnectionError: store_error,
-    RedisTimeoutError: store_error,
     Exception: unexpected_error,
 }

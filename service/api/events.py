@@ -17,10 +17,11 @@ from litestar.response import Stream
 
 from service import errors
 from service.api.controls import subject_of
-from service.api.deps import Services, ServicesDep, bearer_token, require_token
+from service.api.deps import ServicesDep, bearer_token, require_token
 from service.api.openapi import route_doc
-from service.events import EventBroker
 from service.limits import StreamSlots
+from service.live.broker import EventBroker
+from service.wiring import Services
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
 SSE_MEDIA_TYPE = "text/event-stream"

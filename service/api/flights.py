@@ -8,10 +8,11 @@ from litestar import MediaType, Response, get, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from service.api.deps import AnyRequest, Services, ServicesDep, StrictBody, admin_guard, bearer_token
+from service.api.deps import AnyRequest, ServicesDep, StrictBody, admin_guard, bearer_token
 from service.api.openapi import route_doc
 from service.models import AvailableSeats, Flight, PutFlightRequest, SeatMap, SeatMapVersion
 from service.orders import hash_token
+from service.wiring import Services
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
 

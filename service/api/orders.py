@@ -9,9 +9,10 @@ from litestar.types import ControllerRouterHandler
 
 from service import errors, metrics
 from service.api.controls import caller, require_buyer, respond
-from service.api.deps import AnyRequest, Services, ServicesDep, StrictBody, require_token
+from service.api.deps import AnyRequest, ServicesDep, StrictBody, require_token
 from service.api.openapi import route_doc
 from service.models import CreatedOrder, CreateOrderRequest, Order, PaymentRequest, SelectSeatsRequest
+from service.wiring import Services
 
 PAYMENT_FINGERPRINT_LEAVES_OUT = frozenset({"code"})  # a hash of five digits would reveal them
 

@@ -49,6 +49,7 @@ const state = {
   layout: null,
   seats: new Map(), // seat id -> {status, expiresAt, mine: true | false | undefined (not said)}
   version: -1,
+  epoch: null, // the epoch of the flight stream's events (see epochOf)
   selection: new Set(), // seats picked locally, not yet requested (blue)
   release: new Set(), // held seats of the order the customer wants to drop
   conflicts: new Set(), // seats the last request (or a live update) found taken
@@ -234,12 +235,22 @@ function seatFrom(view, authoritative) {
   };
 }
 
-/** A full map; `authoritative` when it was read with our order's token (its `mine` marks are complete). */
-function applyMap(map, authoritative) {
+/** The epoch of a flight event id `<epoch>-<version>`: it changes when the data's lifetime does (the
+ * flight created anew, Redis restarted or failed over), and versions may then start over. */
+function epochOf(eventId) {
+  const at = eventId ? eventId.lastIndexOf('-') : -1;
+  return at > 0 ? eventId.slice(0, at) : null;
+}
+
+/** A full map; `authoritative` when it was read with our order's token (its `mine` marks are complete);
+ * `epoch` when it came from the stream: a map of another epoch replaces ours whatever its version. */
+function applyMap(map, authoritative, epoch = null) {
   if (!map || map.flightId !== state.flightId) return;
   const ids = Object.keys(map.seats);
-  if (map.version >= state.version) {
+  const newEpoch = epoch !== null && epoch !== state.epoch;
+  if (newEpoch || map.version >= state.version) {
     state.version = map.version;
+    if (epoch !== null) state.epoch = epoch;
     state.seats = new Map(ids.map((id) => [id, seatFrom(map.seats[id], authoritative)]));
   } else if (authoritative) {
     // Older than what the stream already gave us: keep the newer states, learn only the marks.
@@ -373,7 +384,7 @@ function openFlightStream() {
   const stream = new LiveStream(
     url,
     {
-      snapshot: (map) => applyMap(map, authenticated),
+      snapshot: (map, event) => applyMap(map, authenticated, epochOf(event.lastEventId)),
       seats: (event) => applyChanges(event, authenticated),
     },
     (up) => {
@@ -781,6 +792,7 @@ function teardown() {
   state.up.flight = null;
   state.seats = new Map();
   state.version = -1;
+  state.epoch = null;
   state.selection.clear();
   state.release.clear();
   state.conflicts.clear();

@@ -1,4 +1,9 @@
-"""Redis Cluster on the hot path: one pipelined connection per primary, every command routed by its slot.
+"""How commands reach Redis: one pipelined connection per primary, every command routed by its slot.
+
+``StandaloneTransport`` is one ``MultiplexedRedis`` (a single Redis: every route goes there);
+``ClusterTransport`` keeps one per primary of a Redis Cluster. Both offer the same four calls:
+``call(route, *command)``, ``batch(route, commands, atomic=...)``, ``each_primary(*command)`` and
+``primaries()``; ``route`` is a key the command touches (its slot picks the node).
 
 The slot map comes from redis-py's cluster client (``CLUSTER SLOTS``, its ``NodesManager``), which the
 service also uses for commands off the hot path; this module only keeps a ``MultiplexedRedis`` per
@@ -19,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -28,8 +33,11 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from service import errors
-from service.multiplexed import Arg, MultiplexedRedis, NotSent, RedisAddress, RedisReplyError
+from service.store.connection import Arg, MultiplexedRedis, NotSent, RedisAddress, RedisReplyError
 
+Address = tuple[str, int]
+
+SUBSCRIBER_NAME: Final = "seats-events"
 MAX_REDIRECTS: Final = 3
 RETRY_BUDGET_SECONDS: Final = 2.0
 FIRST_PAUSE_SECONDS: Final = 0.05
@@ -60,6 +68,83 @@ def topology_client(seeds: Sequence[str], *, connect_timeout: float, reply_timeo
     )
 
 
+class Transport(Protocol):
+    """What the store sends commands through (see the module docstring)."""
+
+    async def call(self, route: str, *args: Arg) -> Any:
+        """One command to the node serving ``route``; an error reply is raised as ``RedisReplyError``."""
+
+    async def batch(self, route: str, commands: Sequence[Sequence[Arg]], *, atomic: bool = False) -> list[Any]:
+        """Commands for one slot, adjacent on the wire (``atomic``: in MULTI/EXEC); their replies in order,
+        error replies as ``RedisReplyError`` values."""
+
+    async def each_primary(self, *args: Arg) -> list[Any]:
+        """A keyless command on every primary (``SCRIPT LOAD``, ``CONFIG GET``)."""
+
+    def primaries(self) -> list[Address]:
+        """The primaries as (host, port)."""
+
+    def address_for(self, route: str) -> RedisAddress:
+        """Where a connection of its own to the node serving ``route`` goes (the sharded subscription)."""
+
+    async def refresh(self) -> None:
+        """Read the slot map again (nothing to do on a single Redis)."""
+
+    async def aclose(self) -> None:
+        """Close every connection."""
+
+
+def _transaction(commands: Sequence[Sequence[Arg]]) -> list[Sequence[Arg]]:
+    return [("MULTI",), *commands, ("EXEC",)]
+
+
+def _exec_result(replies: list[Any]) -> list[Any]:
+    """The EXEC reply of a MULTI block's replies; a queued command's error reply (MOVED included) is raised."""
+    result = replies[-1]
+    if isinstance(result, RedisReplyError):
+        queued_errors = [r for r in replies[1:-1] if isinstance(r, RedisReplyError)]
+        raise queued_errors[0] if queued_errors else result
+    return list(result)
+
+
+class StandaloneTransport:
+    """A single Redis over one pipelined connection: every route leads there."""
+
+    def __init__(self, connection: MultiplexedRedis, address: Address, url: str) -> None:
+        self.connection = connection
+        self._address = address
+        self._subscriber_address = RedisAddress.from_url(url, SUBSCRIBER_NAME)
+
+    async def call(self, route: str, *args: Arg) -> Any:
+        """See ``Transport.call``."""
+        return await self.connection.execute(*args)
+
+    async def batch(self, route: str, commands: Sequence[Sequence[Arg]], *, atomic: bool = False) -> list[Any]:
+        """See ``Transport.batch``."""
+        if not atomic:
+            return await self.connection.execute_many(commands)
+        return _exec_result(await self.connection.execute_many(_transaction(commands)))
+
+    async def each_primary(self, *args: Arg) -> list[Any]:
+        """See ``Transport.each_primary``."""
+        return [await self.connection.execute(*args)]
+
+    def primaries(self) -> list[Address]:
+        """See ``Transport.primaries``."""
+        return [self._address]
+
+    def address_for(self, route: str) -> RedisAddress:
+        """See ``Transport.address_for``."""
+        return self._subscriber_address
+
+    async def refresh(self) -> None:
+        """See ``Transport.refresh``."""
+
+    async def aclose(self) -> None:
+        """See ``Transport.aclose``."""
+        await self.connection.aclose()
+
+
 class ClusterTransport:
     """``call(route, *command)``: the command goes to the primary serving ``route``'s slot.
 
@@ -71,6 +156,7 @@ class ClusterTransport:
                  max_in_flight: int = 10_000, client_name: str = "seats-pipelined") -> None:
         self.topology = topology_client(seeds, connect_timeout=connect_timeout, reply_timeout=reply_timeout)
         self._template = RedisAddress.from_url(seeds[0], client_name)
+        self._subscriber_template = RedisAddress.from_url(seeds[0], SUBSCRIBER_NAME)
         self._timeouts = (connect_timeout, reply_timeout)
         self._max_in_flight = max_in_flight
         self._connections: dict[tuple[str, int], MultiplexedRedis] = {}
@@ -107,6 +193,11 @@ class ClusterTransport:
             raise errors.StoreUnavailable(f"No primary serves slot {slot} now.") from exc
         return str(node.host), int(node.port)
 
+    def address_for(self, route: str) -> RedisAddress:
+        """See ``Transport.address_for`` (the primary serving the slot now)."""
+        host, port = self.primary_of(slot_of(route))
+        return self._subscriber_template.moved_to(host, port)
+
     def connection(self, address: tuple[str, int]) -> MultiplexedRedis:
         """The pipelined connection to one node (created on first use)."""
         connection = self._connections.get(address)
@@ -118,18 +209,43 @@ class ClusterTransport:
 
     async def call(self, route: str, *args: Arg) -> Any:
         """Send one command to the primary of ``route``'s slot, following the cluster's redirections."""
+
+        async def send(connection: MultiplexedRedis, asking: bool) -> Any:
+            return await (connection.execute_asking(*args) if asking else connection.execute(*args))
+
+        return await self._routed(route, send)
+
+    async def batch(self, route: str, commands: Sequence[Sequence[Arg]], *, atomic: bool = False) -> list[Any]:
+        """See ``Transport.batch`` (the whole batch follows a redirection; an ASK redirection is not
+        followed for a batch: the slot is migrating, the batch is tried again after a pause)."""
+
+        async def send(connection: MultiplexedRedis, asking: bool) -> list[Any]:
+            replies: list[Any] = await connection.execute_many(_transaction(commands) if atomic else commands)
+            if atomic:
+                return _exec_result(replies)
+            redirected = [r for r in replies if isinstance(r, RedisReplyError) and _redirection(r)]
+            if redirected:
+                raise redirected[0]
+            return replies
+
+        replies: list[Any] = await self._routed(route, send, follow_ask=False)
+        return replies
+
+    async def _routed(self, route: str, send: Callable[[MultiplexedRedis, bool], Awaitable[Any]], *,
+                      follow_ask: bool = True) -> Any:
         slot = slot_of(route)
         deadline = time.monotonic() + RETRY_BUDGET_SECONDS
         redirects, pause = 0, FIRST_PAUSE_SECONDS
-        target, asking = self.primary_of(slot), False
+        target: Address | None = None
+        asking = False
         while True:
             try:
-                connection = self.connection(target)
-                if asking:
-                    return await connection.execute_asking(*args)
-                return await connection.execute(*args)
+                target = target or self.primary_of(slot)
+                return await send(self.connection(target), asking)
             except RedisReplyError as exc:
                 word, _, rest = str(exc).partition(" ")
+                if word == "ASK" and not follow_ask:
+                    word = "TRYAGAIN"
                 if word in ("MOVED", "ASK"):
                     redirects += 1
                     if redirects > MAX_REDIRECTS:
@@ -144,13 +260,17 @@ class ClusterTransport:
                 failure: Exception = exc
             except NotSent as exc:  # the node is gone (a failover?): nothing was sent, so try again
                 failure = exc
+            except errors.StoreUnavailable as exc:
+                if target is not None:  # lost with the command in flight: its outcome is unknown
+                    raise
+                failure = exc  # no primary serves the slot (yet): a failover in progress
             if time.monotonic() + pause > deadline:
                 raise errors.StoreUnavailable("The seat store (Redis Cluster) is not serving this now.") from failure
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
             with contextlib.suppress(errors.StoreUnavailable):
                 await self.refresh()
-            target, asking = self.primary_of(slot), False
+            target, asking = None, False
 
     async def each_primary(self, *args: Arg) -> list[Any]:
         """Send a keyless command (``SCRIPT LOAD``) to every primary; their replies in order."""
@@ -167,6 +287,10 @@ class ClusterTransport:
             await connection.aclose()
         self._connections.clear()
         await self.topology.aclose()
+
+
+def _redirection(reply: RedisReplyError) -> bool:
+    return str(reply).partition(" ")[0] in ("MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

@@ -1,10 +1,11 @@
-"""Live updates: one Redis pattern subscription per API process, fanned out to its SSE streams.
+"""Live updates: each API process subscribes to the shard channel of every flight someone in it
+watches (``store.subscription``) and fans the announcements out to its SSE streams.
 
-Redis pub/sub is at-most-once, so the subscription is never trusted blindly: flight feeds
-(``service.feeds``) check every announcement's version and catch up from the change log after a
-gap, and after the subscription is lost (Redis restart, ``CLIENT KILL TYPE pubsub``, a silent
-socket) it is rebuilt and every feed and order stream resynchronises. Each message is decoded
-and encoded once per process; streams only pick bytes from a bounded outbox.
+Redis pub/sub is at-most-once, so a subscription is never trusted blindly: flight feeds
+(``live.feed``) check every announcement's version and catch up from the change log after a gap,
+and whenever a channel is (re)confirmed (a Redis restart, a failover, a slot moved, ``CLIENT KILL
+TYPE pubsub``, a silent socket) its feed and its order streams resynchronise. Each message is
+decoded and encoded once per process; streams only pick bytes from a bounded outbox.
 """
 
 from __future__ import annotations
@@ -19,41 +20,33 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
-import redis.asyncio as aioredis
 from litestar import Litestar
-from redis.exceptions import RedisError
 
-from service import errors, keys, metrics
-from service.fanout import HEARTBEAT, HEARTBEAT_BYTES, Heartbeat, Outbox, retry_frame, sse_frame
-from service.feeds import (
-    FlightFeed,
-    FlightWatcher,
-    Frame,
-    OrderMessage,
-    SnapshotFrame,
-    SubscriptionState,
-    decode_message,
-)
-from service.flights import FlightStore, LiveState
+from service import errors, metrics
+from service.flights import FlightStore
+from service.live.feed import FlightFeed, FlightWatcher
+from service.live.messages import OrderMessage, decode_message
+from service.live.mirror import Frame, SnapshotFrame
+from service.live.streams import HEARTBEAT, HEARTBEAT_BYTES, Heartbeat, Outbox, parse_event_id, retry_frame, sse_frame
 from service.models import Order
-from service.multiplexed import RedisReplyError
 from service.orders import OrderStore, decode_order, is_terminal
+from service.seatmap import LiveState
 from service.settings import Settings
-from service.subscription import PatternSubscription, open_pattern_subscription
+from service.store import Store, keys
+from service.store.subscription import PING_SECONDS, Subscriber
 
 log = logging.getLogger("seats.events")
 
 RESYNC: Final = -1  # an order outbox item: re-read the order whatever its version
 OrderUpdate = int | Order  # a version to read, or the order as announced
 OnClose = Callable[[], None]  # called once when a stream ends (e.g. to give back its place in a cap)
-PING_SECONDS: Final = 5.0  # a silent subscription is pinged; 3 missed answers mean it is dead
-LIVENESS_CHECK_SECONDS: Final = 1.0
+SUBSCRIBE_WAIT_SECONDS: Final = 2.0  # an order stream waits this long for its flight's channel before reading
 FEED_IDLE_SECONDS: Final = 300.0  # a feed outlives its last stream this long (reconnects resume)
 BURST_FRAMES: Final = 64  # frames a stream joins into one write when it fell behind
 # The seat-map fast path (answers from a live feed, no Redis round trip):
 VERIFY_SECONDS: Final = 0.5  # each live feed's version is checked against Redis this often
 VERIFIED_WITHIN: Final = 2.0  # a feed not confirmed by Redis this recently is not trusted
-HEARD_WITHIN: Final = PING_SECONDS + 3.0  # nor one of a subscription silent this long (pinged at 5 s)
+HEARD_WITHIN: Final = PING_SECONDS + 3.0  # nor one whose connection is silent this long (pinged at 5 s)
 READ_FEED_IDLE_SECONDS: Final = 60.0  # a feed kept for reads (no stream) ends after this long unread
 MAX_FEEDS_FOR_READS: Final = 64  # reads start no feed while this many exist (a mirror of a 100k-seat
 # flight holds ~10 MB: the bound keeps the memory of read-only feeds small)
@@ -74,19 +67,19 @@ class BrokerStats:
 class EventBroker:
     """Owns the subscription, the flight feeds and the order watchers of one API process."""
 
-    def __init__(self, settings: Settings, redis: aioredis.Redis, flights: FlightStore, orders: OrderStore) -> None:
+    def __init__(self, settings: Settings, store: Store, flights: FlightStore, orders: OrderStore) -> None:
         self._settings = settings
-        self._redis = redis
+        self._store = store
         self._flights = flights
         self._orders = orders
-        self._subscription = SubscriptionState()
+        self._subscriber = Subscriber(store.transport, self._dispatch, self._subscribed)
         self._feeds: dict[str, FlightFeed] = {}
         self._order_watchers: dict[str, set[Outbox[OrderUpdate]]] = {}
+        self._order_flights: dict[str, str] = {}  # order id -> its flight, while watched
         self._tasks: list[asyncio.Task[None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self.stats = BrokerStats()
-        self.reconnect_delay = 0.05  # first pause before resubscribing (doubles up to 2 s)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -94,7 +87,7 @@ class EventBroker:
         """Start subscribing (in the background: the API serves even while Redis is away)."""
         self._loop = asyncio.get_running_loop()
         self._tasks = [
-            asyncio.create_task(self._subscribe_forever(), name="events subscriber"),
+            asyncio.create_task(self._subscriber.run_forever(), name="events subscriber"),
             asyncio.create_task(self._tick(), name="events heartbeat"),
             asyncio.create_task(self._verify_forever(), name="events verifier"),
         ]
@@ -109,6 +102,7 @@ class EventBroker:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._subscriber.close()
 
     def drain(self) -> None:
         """End every open stream now (after what is queued) and refuse new ones: SIGTERM's step,
@@ -123,8 +117,13 @@ class EventBroker:
 
     @property
     def subscribed(self) -> bool:
-        """Whether the pattern subscription is up now."""
-        return self._subscription.ready.is_set()
+        """Whether every channel someone here needs is subscribed on a live connection."""
+        return self._subscriber.healthy
+
+    @property
+    def subscriber(self) -> Subscriber:
+        """The process's sharded subscriptions (tests, readiness)."""
+        return self._subscriber
 
     @property
     def open_streams(self) -> int:
@@ -141,14 +140,14 @@ class EventBroker:
         feed = self._feeds.get(flight_id)
         if feed is None:
             return None
-        subscription = self._subscription
+        channel = feed.channel
         now = time.monotonic()
         feed.last_read = now
         redis_now = self._flights.clock.now_upper()
         if (
             redis_now is None
-            or not subscription.ready.is_set()
-            or now - subscription.last_heard > HEARD_WITHIN
+            or not channel.ready.is_set()
+            or now - channel.last_heard > HEARD_WITHIN
             or now - feed.verified_at > VERIFIED_WITHIN
         ):
             return None
@@ -180,23 +179,19 @@ class EventBroker:
         """Check every live feed against Redis (and Redis's clock) every VERIFY_SECONDS."""
         while True:
             await asyncio.sleep(VERIFY_SECONDS)
-            feeds = [feed for feed in self._feeds.values() if feed.live]
-            if not feeds or not self._subscription.ready.is_set():
+            feeds = [feed for feed in self._feeds.values() if feed.live and feed.channel.ready.is_set()]
+            if not feeds:
                 continue
+            sent_ms = self._flights.clock.local_ms()
+            sent = time.monotonic()
             try:
-                pipe = self._redis.pipeline(transaction=True)
-                for feed in feeds:
-                    pipe.hmget(keys.flight(feed.flight_id), ["version", "layoutRev", "createdAt"])
-                pipe.time()
-                sent_ms = self._flights.clock.local_ms()
-                sent = time.monotonic()
-                replies = await pipe.execute()
-            except (RedisError, OSError) as exc:
+                heads = await self._store.reads.flight_heads([feed.flight_id for feed in feeds])
+            except errors.StoreUnavailable as exc:
                 log.debug("feed verification failed", extra={"error": str(exc)})
                 continue
-            self._flights.clock.observe(int(replies[-1][0]) * 1000 + int(replies[-1][1]) // 1000, sent_ms)
-            for feed, (version, rev, created_at) in zip(feeds, replies, strict=False):
-                feed.verify(None if version is None else int(version), rev, created_at, sent)
+            self._flights.clock.observe(min(head.now_ms for head in heads), sent_ms)
+            for feed, head in zip(feeds, heads, strict=True):
+                feed.verify(head.version, head.layout_rev, head.created_at, sent)
 
     # -- flight streams -----------------------------------------------------------------------
 
@@ -204,8 +199,8 @@ class EventBroker:
                     admin: bool = False) -> FlightWatcher:
         """Attach a stream to the flight's feed (created on first use); ``admin``: frames name every
         held or sold seat's order (the admin console's stream)."""
-        resume = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else None
-        watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, resume, admin=admin)
+        watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, parse_event_id(last_event_id),
+                                admin=admin)
         if self._draining:
             watcher.outbox.close()
             return watcher
@@ -216,7 +211,8 @@ class EventBroker:
 
     def _new_feed(self, flight_id: str) -> FlightFeed:
         feed = FlightFeed(
-            flight_id, redis=self._redis, flights=self._flights, subscription=self._subscription,
+            flight_id, store=self._store, flights=self._flights,
+            subscription=self._subscriber.want(keys.events_channel(flight_id)),
             ring_length=self._settings.change_log_length, on_drop=self._dropped,
         )
         self._feeds[flight_id] = feed
@@ -265,10 +261,17 @@ class EventBroker:
 
         Raises OrderNotFound (404) for an unknown order or a wrong token, before any stream opens.
         """
+        flight_id = await self._orders.flight_of(order_id)
         outbox: Outbox[OrderUpdate] = Outbox(self._settings.sse_client_queue)
         watchers = self._order_watchers.setdefault(order_id, set())
         watchers.add(outbox)
+        self._order_flights[order_id] = flight_id
+        channel = self._subscriber.want(keys.events_channel(flight_id))
         try:
+            # Read the order once its changes are heard: then no version falls between the read and
+            # the stream. A subscription slower than this still re-reads the order when confirmed (RESYNC).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(channel.ready.wait(), SUBSCRIBE_WAIT_SECONDS)
             order = await self._orders.get(order_id, token)
         except BaseException:
             self._unwatch(order_id, outbox, None)
@@ -320,65 +323,29 @@ class EventBroker:
         if timer is not None:
             timer.cancel()
         watchers = self._order_watchers.get(order_id)
-        if watchers is not None:
+        if watchers is not None and outbox in watchers:
             watchers.discard(outbox)
+            self._subscriber.release(keys.events_channel(self._order_flights[order_id]))
             if not watchers:
                 del self._order_watchers[order_id]
+                del self._order_flights[order_id]
 
     # -- the subscription ---------------------------------------------------------------------
 
-    async def _subscribe_forever(self) -> None:
-        failures = 0
-        while True:
-            subscription: PatternSubscription | None = None
-            try:
-                subscription = await open_pattern_subscription(
-                    self._settings.redis_url, keys.EVENTS_PATTERN, self._dispatch
-                )
-                self._subscription.last_heard = time.monotonic()
-                self._subscribed()
-                failures = 0
-                await self._keep_alive(subscription)
-            except (RedisReplyError, OSError, TimeoutError) as exc:
-                if self._subscription.ready.is_set():
-                    log.warning("event subscription lost; resubscribing", extra={"error": str(exc)})
-            except Exception:  # whatever happened, live updates must resubscribe
-                log.exception("event subscription failed; resubscribing")
-            finally:
-                self._subscription.ready.clear()
-                if subscription is not None:
-                    subscription.close()
-            failures += 1
-            await asyncio.sleep(min(self.reconnect_delay * 2 ** (failures - 1), 2.0))
-
-    def _subscribed(self) -> None:
-        """The subscription is (again) active: everything may have been missed, so resync."""
+    def _subscribed(self, channel: str) -> None:
+        """A flight's channel is (again) confirmed: what was published before may be lost, so its feed and
+        the streams of its orders resynchronise."""
         self.stats.subscriptions += 1
-        self._subscription.generation += 1
-        self._subscription.ready.set()
+        flight_id = keys.flight_of_channel(channel)
         if self.stats.subscriptions > 1:
-            log.info("event subscription restored; resynchronising", extra={"feeds": len(self._feeds)})
-        for feed in self._feeds.values():
+            log.info("event subscription confirmed; resynchronising", extra={"flight": flight_id})
+        feed = self._feeds.get(flight_id)
+        if feed is not None:
             feed.resync(resubscribed=True)
-        for outboxes in self._order_watchers.values():
-            for outbox in outboxes:
-                outbox.push(RESYNC)
-
-    async def _keep_alive(self, subscription: PatternSubscription) -> None:
-        """Ping a silent subscription; end (raise) when it is lost or stays silent past three pings."""
-        pinged = 0.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                ended = await asyncio.wait_for(asyncio.shield(subscription.lost), LIVENESS_CHECK_SECONDS)
-                raise ConnectionError(f"the event subscription's connection closed ({ended or 'by the server'})")
-            now = time.monotonic()
-            self._subscription.last_heard = subscription.last_heard  # the fast path allows HEARD_WITHIN (8 s)
-            silent = now - subscription.last_heard
-            if silent > 3 * PING_SECONDS:
-                raise ConnectionError("the event subscription went silent")
-            if silent > PING_SECONDS and now - pinged > PING_SECONDS:
-                subscription.ping()
-                pinged = now
+        for order_id, watched_flight in self._order_flights.items():
+            if watched_flight == flight_id:
+                for outbox in self._order_watchers.get(order_id, ()):
+                    outbox.push(RESYNC)
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         """Route one announcement: seat changes to the flight's feed, order changes to its watchers."""
@@ -430,6 +397,7 @@ class EventBroker:
                 if feed.idle_since is None or now - feed.idle_since > FEED_IDLE_SECONDS:
                     feed.close()
                     del self._feeds[flight_id]
+                    self._subscriber.release(keys.events_channel(flight_id))
 
 
 def _order_frame(order: Order) -> bytes:

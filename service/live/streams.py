@@ -15,9 +15,27 @@ T = TypeVar("T")
 HEARTBEAT_BYTES: Final = b": keep-alive\n\n"  # a comment: browsers dispatch no event for it
 
 
-def sse_frame(event: str, event_id: int, data: bytes) -> bytes:
+def sse_frame(event: str, event_id: int | str, data: bytes) -> bytes:
     """One SSE event. ``data`` is compact JSON, so it never contains a newline."""
-    return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, event.encode(), data)
+    return b"id: %s\nevent: %s\ndata: %s\n\n" % (str(event_id).encode(), event.encode(), data)
+
+
+def event_id(epoch: str, version: int) -> str:
+    """A flight event's id: ``<epoch>-<version>``. The epoch names the data's lifetime (it changes
+    whenever versions may have been handed out again: the flight created anew, a replica took over,
+    Redis restarted), so a client resuming from another epoch gets a snapshot, never deltas."""
+    return f"{epoch}-{version}"
+
+
+def parse_event_id(value: str | None) -> tuple[str, int] | None:
+    """``Last-Event-ID`` as (epoch, version); None when absent or not of this form (a bare version
+    from before epochs, or garbage: the client gets a snapshot)."""
+    if not value:
+        return None
+    epoch, sep, version = value.rpartition("-")
+    if not sep or not epoch or not version.isascii() or not version.isdigit() or len(version) > 18:
+        return None
+    return epoch, int(version)
 
 
 def retry_frame(milliseconds: int) -> bytes:

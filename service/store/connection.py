@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar, cast
 
@@ -145,6 +145,18 @@ class MultiplexedRedis:
         if isinstance(reply, RedisReplyError):
             raise reply
         return reply
+
+    async def execute_many(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
+        """Send ``commands`` adjacent on the wire (nobody else's command between them: a MULTI/EXEC
+        block stays whole) and return their replies in order, error replies as ``RedisReplyError``
+        values rather than raised."""
+        protocol = await self._ready()
+        replies = [protocol.send(pack(tuple(command))) for command in commands]
+        results = await asyncio.gather(*replies, return_exceptions=True)
+        for result in results:  # a lost connection fails them all (error replies are values, not raised)
+            if isinstance(result, BaseException) and not isinstance(result, RedisReplyError):
+                raise result
+        return list(results)
 
     async def execute_asking(self, *args: Arg) -> Any:
         """``ASKING`` then the command, adjacent on the wire (a slot being migrated: Redis Cluster's ASK)."""

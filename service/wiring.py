@@ -1,0 +1,187 @@
+"""The one composition root: what the API, the worker and the tests build from ``Settings``.
+
+- :func:`open_domain` — the store (scripts loaded on every primary), flights, orders: all a test of
+  the domain needs; :class:`Domain` closes it.
+- :func:`open_api` — the domain plus the payment queue, the eviction policy check, the event broker
+  and the stream cap: what ``create_app``'s lifespan holds (:class:`Services`).
+- :func:`open_worker` — the domain plus the simulated gateway and the expiry sweeper: what an arq
+  worker's context holds (:class:`WorkerServices`).
+Nothing here is global: each call builds its own objects and ``close()`` releases them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from service import errors
+from service.eviction import EvictionPolicy
+from service.expiry import recover_payments, run_sweeper
+from service.flights import FlightStore
+from service.limits import StreamSlots
+from service.live.broker import EventBroker
+from service.operators import Operators
+from service.orders import Enqueue, OrderScripts, OrderStore
+from service.payments import SimulatedGateway, settle_payment
+from service.settings import Settings
+from service.store import Store, open_store
+from service.subjects import TrustedProxies
+
+log = logging.getLogger("seats.wiring")
+
+PAYMENT_JOB = "process_payment"
+
+
+async def _no_queue(flight_id: str, order_id: str, payment_id: str) -> None:
+    raise errors.StoreUnavailable("This process has no payment queue.")
+
+
+@dataclass
+class Domain:
+    """The store and the domain objects on top of it."""
+
+    settings: Settings
+    store: Store
+    flights: FlightStore
+    order_scripts: OrderScripts
+    orders: OrderStore
+
+    async def close(self) -> None:
+        """Close the store's connections."""
+        await self.store.aclose()
+
+
+async def open_domain(settings: Settings, enqueue_payment: Enqueue = _no_queue) -> Domain:
+    """The store with every script loaded, flights (catalogue ensured) and orders."""
+    store = await open_store(settings)
+    try:
+        await store.scripts.load_all()
+        flights = FlightStore(store, settings)
+        order_scripts = OrderScripts(store, settings)
+        order_scripts.on_flight_version = flights.note_version
+        orders = OrderStore(order_scripts, flights, settings, enqueue_payment)
+        await flights.ensure_catalogue()
+    except BaseException:
+        await store.aclose()
+        raise
+    return Domain(settings, store, flights, order_scripts, orders)
+
+
+def payment_enqueuer(queue: ArqRedis) -> Enqueue:
+    """Enqueue one payment job (job id = payment id: arq refuses a duplicate)."""
+
+    async def enqueue(flight_id: str, order_id: str, payment_id: str) -> None:
+        try:
+            await queue.enqueue_job(PAYMENT_JOB, flight_id, order_id, payment_id, _job_id=payment_id)
+        except (OSError, ConnectionError) as exc:
+            raise errors.StoreUnavailable("The payment queue cannot be reached.") from exc
+
+    return enqueue
+
+
+@dataclass
+class Services(Domain):
+    """Everything an API process holds (``create_app``'s lifespan); handlers reach it via the app state."""
+
+    queue: ArqRedis | None = None
+    events: EventBroker | None = None  # live updates (SSE); started last, stopped first
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
+    stream_slots: StreamSlots | None = None  # the cap on open streams per subject
+    eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
+    operators: Operators | None = None  # history and admin actions (spec §13)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        """Stop the background work, then close the queue and the store."""
+        for task in self._tasks:
+            task.cancel()
+        if self.events is not None:
+            await self.events.stop()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.queue is not None:
+            await self.queue.aclose()
+        await super().close()
+
+
+async def checked_eviction_policy(store: Store, settings: Settings) -> EvictionPolicy:
+    """Read the data Redis's maxmemory-policy at start-up and say in the log whether it is safe."""
+    eviction = EvictionPolicy(store.reads, settings.eviction_check_seconds)
+    problem = await eviction.problem()
+    if problem:
+        log.error("%s; /readyz answers 503 until it does", problem)
+    else:
+        log.info("the data Redis runs maxmemory-policy %s: it never evicts our keys", await eviction.current())
+    return eviction
+
+
+async def open_api(settings: Settings) -> Services:
+    """An API process's services (the event broker started, the stream places renewed)."""
+    queue = await create_pool(RedisSettings.from_dsn(settings.queue_url))
+    try:
+        domain = await open_domain(settings, payment_enqueuer(queue))
+    except BaseException:
+        await queue.aclose()
+        raise
+    services = Services(**vars(domain), queue=queue, trusted_proxies=TrustedProxies(settings.trusted_proxies),
+                        stream_slots=StreamSlots(domain.store.scripts, settings),
+                        operators=Operators(domain.order_scripts, domain.orders, domain.flights, settings))
+    try:
+        services.eviction = await checked_eviction_policy(domain.store, settings)
+        services.events = EventBroker(settings, domain.store, domain.flights, domain.orders)
+        await services.events.start()
+        assert services.stream_slots is not None
+        services._tasks.append(asyncio.create_task(services.stream_slots.renew_forever(), name="stream places"))
+    except BaseException:
+        await services.close()
+        raise
+    return services
+
+
+@dataclass
+class WorkerServices(Domain):
+    """Everything a worker process holds (the arq context's ``services``)."""
+
+    gateway: SimulatedGateway | None = None
+    settle: Callable[[str, str], Awaitable[str]] | None = None
+    sweeper: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Stop the sweeper, then close the store."""
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sweeper
+        await super().close()
+
+
+async def open_worker(settings: Settings, *, sweep: bool = True, queue: ArqRedis | None = None) -> WorkerServices:
+    """A worker's services: the gateway, settlement and (``sweep``) the expiry sweeper running; with the
+    payment ``queue``, the sweeper also gives PAYING orders whose job vanished their job again."""
+    domain = await open_domain(settings)
+    gateway = SimulatedGateway(domain.store.scripts, settings)
+    settle = functools.partial(settle_payment, domain.order_scripts, gateway, settings)
+    services = WorkerServices(**vars(domain), gateway=gateway, settle=settle)
+    if sweep:
+        recover = None
+        if queue is not None:
+            recover = functools.partial(recover_payments, domain.order_scripts, job_enqueuer(queue))
+        services.sweeper = asyncio.create_task(
+            run_sweeper(domain.order_scripts, settings.sweep_interval_seconds, settle, recover), name="expiry sweeper")
+    return services
+
+
+def job_enqueuer(queue: ArqRedis) -> Callable[[str, str, str], Awaitable[bool]]:
+    """Enqueue a payment job unless the queue still knows its id: True when it was enqueued anew."""
+
+    async def enqueue(flight_id: str, order_id: str, payment_id: str) -> bool:
+        job = await queue.enqueue_job(PAYMENT_JOB, flight_id, order_id, payment_id, _job_id=payment_id)
+        return job is not None
+
+    return enqueue
