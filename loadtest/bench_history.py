@@ -16,12 +16,10 @@ from pathlib import Path
 
 import redis
 
-from service import keys
 from service.devrunner import start_redis, stop_all
 from service.orders import OrderScripts, hash_token
-from service.scripts import Scripts
 from service.settings import load_settings
-from service.store import connect
+from service.store import keys, open_store
 
 FLIGHT = "HB-1"
 ORDERS = 32  # concurrent callers, each swapping its own two sets of four seats
@@ -31,9 +29,10 @@ FAR_MS = 10**9
 async def _round(url: str, swaps: int, history: bool) -> tuple[float, int]:
     """(µs of Redis time per hold_seats call, bytes of used memory) after ``swaps`` swaps."""
     settings = load_settings({}, redis_url=url)
-    client = connect(url, settings)
-    scripts = Scripts(client)
-    order_scripts = OrderScripts(client, scripts, settings)
+    store = await open_store(settings)
+    scripts = store.scripts
+    await scripts.load_all()
+    order_scripts = OrderScripts(store, settings)
     if not history:
         order_scripts._history_ms = ""  # type: ignore[assignment]  # the one switch the benchmark needs
     admin = redis.Redis.from_url(url)
@@ -57,7 +56,7 @@ async def _round(url: str, swaps: int, history: bool) -> tuple[float, int]:
         return float(stats["usec_per_call"]), int(admin.info("memory")["used_memory"]) - memory_before
     finally:
         admin.close()
-        await client.aclose()
+        await store.aclose()
 
 
 def main() -> None:

@@ -3,6 +3,8 @@ admin variant that names each seat's order."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 
 import httpx
@@ -11,7 +13,7 @@ import msgspec
 from service.live.messages import SeatChange, SeatsMessage
 from service.live.mirror import Mirror
 from service.seatmap import Layout
-from tests.conftest import LiveServer
+from tests.conftest import REPO, LiveServer
 from tests.sse import Watch, apply
 
 NOW = 1_800_000_000_000
@@ -70,3 +72,11 @@ async def test_admin_stream_names_orders_live_and_refuses_other_tokens(
         finally:
             await admin.close()
             await public.close()
+
+
+def test_the_history_benchmark_runs() -> None:
+    """README's `python -m loadtest.bench_history` runs (a tiny round) and reports both of its figures."""
+    done = subprocess.run([sys.executable, "-m", "loadtest.bench_history", "--swaps", "64", "--rounds", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "µs per 4-seat swap" in done.stdout and "bytes per seat change" in done.stdout
