@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+import urllib.parse
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -41,3 +42,13 @@ def configure_logging(level: int = logging.INFO) -> None:
     # arq logs two INFO lines per job (~5 % of the worker's CPU at 1,000 jobs/s); payments are
     # counted in /metrics instead. Its warnings and job errors still show.
     logging.getLogger("arq.worker").setLevel(max(level, logging.WARNING))
+
+
+def redacted_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (a Redis URL's credentials never reach a log)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

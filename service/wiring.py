@@ -17,9 +17,11 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 from service import errors
 from service.eviction import EvictionPolicy
@@ -110,6 +112,23 @@ class Services(Domain):
         await super().close()
 
 
+def queue_settings(url: str) -> RedisSettings:
+    """arq's connection settings for the queue Redis at ``url``, read by redis-py's ``parse_url`` like
+    every other URL here: credentials unquoted, ``rediss://`` with its ``ssl_*`` query options (arq's own
+    ``from_dsn`` drops those)."""
+    params: dict[str, Any] = dict(parse_url(url))
+    unix = params.get("connection_class") is UnixDomainSocketConnection
+    return RedisSettings(
+        host=str(params.get("host", "localhost")), port=int(params.get("port", 6379)),
+        unix_socket_path=str(params["path"]) if unix else None, database=int(params.get("db", 0) or 0),
+        username=params.get("username"), password=params.get("password"),
+        ssl=params.get("connection_class") is SSLConnection,
+        ssl_ca_certs=params.get("ssl_ca_certs"), ssl_cert_reqs=str(params.get("ssl_cert_reqs") or "required"),
+        ssl_certfile=params.get("ssl_certfile"), ssl_keyfile=params.get("ssl_keyfile"),
+        ssl_check_hostname=bool(params.get("ssl_check_hostname", False)),
+    )
+
+
 async def checked_eviction_policy(store: Store, settings: Settings) -> EvictionPolicy:
     """Read the data Redis's maxmemory-policy at start-up and say in the log whether it is safe."""
     eviction = EvictionPolicy(store.reads, settings.eviction_check_seconds)
@@ -123,7 +142,7 @@ async def checked_eviction_policy(store: Store, settings: Settings) -> EvictionP
 
 async def open_api(settings: Settings) -> Services:
     """An API process's services (the event broker started, the stream places renewed)."""
-    queue = await create_pool(RedisSettings.from_dsn(settings.queue_url))
+    queue = await create_pool(queue_settings(settings.queue_url))
     try:
         domain = await open_domain(settings, payment_enqueuer(queue))
     except BaseException:

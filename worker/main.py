@@ -11,14 +11,13 @@ import logging
 from typing import Any
 
 import uvloop
-from arq.connections import RedisSettings
 from arq.worker import Worker, func
 from prometheus_client import start_http_server
 
-from service.logs import configure_logging
+from service.logs import configure_logging, redacted_url
 from service.process import freeze_startup_heap
 from service.settings import Settings, load_settings
-from service.wiring import open_worker
+from service.wiring import open_worker, queue_settings
 from worker.jobs import process_payment
 
 
@@ -35,7 +34,7 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
 
     return Worker(
         functions=[func(process_payment, name="process_payment", timeout=settings.payment_job_timeout_seconds)],
-        redis_settings=RedisSettings.from_dsn(settings.queue_url),
+        redis_settings=queue_settings(settings.queue_url),
         on_startup=startup,
         on_shutdown=shutdown,
         handle_signals=not burst,
@@ -59,7 +58,7 @@ def main() -> None:
     """Run one worker until SIGTERM/SIGINT or until Redis goes away (then exit 1)."""
     configure_logging()
     settings = load_settings()
-    logging.getLogger("seats.worker").info("worker starting", extra={"queue": settings.queue_url})
+    logging.getLogger("seats.worker").info("worker starting", extra={"queue": redacted_url(settings.queue_url)})
     if settings.worker_metrics_port is not None:
         # Payments and expirations for Prometheus where the API cannot read this process's values
         # (containers do not share PROMETHEUS_MULTIPROC_DIR). A thread of prometheus_client's.

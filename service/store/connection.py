@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -246,6 +247,31 @@ def pack(command: tuple[Arg, ...]) -> bytes:
     return packed
 
 
+TLS_OPTIONS: Final = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+_CERT_REQS: Final = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+
+
+def tls_context(params: dict[str, Any]) -> ssl.SSLContext | None:
+    """The TLS context of a ``rediss://`` URL parsed by redis-py's ``parse_url`` (None: plain TCP).
+
+    The query options are redis-py's, with its defaults: ``ssl_ca_certs`` (a CA file; default: the
+    system's), ``ssl_cert_reqs`` (none | optional | required; default required), ``ssl_check_hostname``
+    (default false), ``ssl_certfile``/``ssl_keyfile`` (a client certificate, for ``tls-auth-clients``).
+    Raises ValueError for an unknown ``ssl_cert_reqs``.
+    """
+    if params.get("connection_class") is not SSLConnection:
+        return None
+    reqs = str(params.get("ssl_cert_reqs") or "required").lower()
+    if reqs not in _CERT_REQS:
+        raise ValueError(f"ssl_cert_reqs must be one of {sorted(_CERT_REQS)}, not {reqs!r}")
+    context = ssl.create_default_context(cafile=params.get("ssl_ca_certs"))
+    context.check_hostname = bool(params.get("ssl_check_hostname", False)) and reqs != "none"
+    context.verify_mode = _CERT_REQS[reqs]
+    if params.get("ssl_certfile"):
+        context.load_cert_chain(params["ssl_certfile"], params.get("ssl_keyfile"))
+    return context
+
+
 @dataclass(frozen=True, slots=True)
 class RedisAddress:
     """Where a lean connection goes and what it sends first: AUTH, a name for CLIENT LIST, SELECT."""
@@ -253,7 +279,7 @@ class RedisAddress:
     host: str
     port: int
     unix_path: str | None
-    tls: bool
+    tls: ssl.SSLContext | None
     handshake: tuple[tuple[Arg, ...], ...]
 
     @classmethod
@@ -270,8 +296,7 @@ class RedisAddress:
             commands.append(("SELECT", int(params["db"])))
         unix = params.get("connection_class") is UnixDomainSocketConnection
         return cls(str(params.get("host", "127.0.0.1")), int(params.get("port", 6379)),
-                   str(params["path"]) if unix else None,
-                   params.get("connection_class") is SSLConnection, tuple(commands))
+                   str(params["path"]) if unix else None, tls_context(params), tuple(commands))
 
     def moved_to(self, host: str, port: int) -> RedisAddress:
         """The same credentials, TLS and handshake at another node (no SELECT: a cluster has one database)."""
@@ -283,4 +308,5 @@ class RedisAddress:
         loop = asyncio.get_running_loop()
         if self.unix_path is not None:
             return await loop.create_unix_connection(factory, self.unix_path)
-        return await loop.create_connection(factory, self.host, self.port, ssl=True if self.tls else None)
+        return await loop.create_connection(factory, self.host, self.port, ssl=self.tls,
+                                            server_hostname=self.host if self.tls else None)

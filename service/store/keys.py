@@ -7,7 +7,8 @@ Redis Cluster slot. README's "Redis key schema" section mirrors this module.
 key                                type    contents
 =================================  ======  ===================================================
 ``seats:catalog``                  set     flight ids (the sweeper's and ``GET /flights``' list)
-``seats:order-flight:{orderId}``   string  the flight of an order (orders are addressed by id)
+``seats:order-flight:{orderId}``   string  the flight of an order (orders are addressed by id;
+                                           its own slot, tagged by the order id)
 ``seats:{F}:flight``               hash    rows, columns, capacity, createdAt, version,
                                            lastUpdated, layoutRev, sold
 ``seats:{F}:seat:{seatId}``        string  ``H|<order>|<deadline ms>`` with PXAT = deadline
@@ -17,7 +18,8 @@ key                                type    contents
 ``seats:{F}:deadlines``            zset    order id -> hold deadline (ms), swept by the worker
 ``seats:{F}:changes``              stream  the last ``SEATS_CHANGE_LOG_LENGTH`` changes, id =
                                            ``<version>-1``
-``seats:{F}:events``               pubsub  the same changes, live (a channel, not a key)
+``seats:{F}:events``               shard   the same changes, live (SPUBLISH by the script that
+                                   channel made them: the channel lives on the flight's slot)
 ``seats:{F}:subject:{subject}``    hash    one subject's token bucket (``tokens``, ``ts``) and the
                                            orders it created on the flight (field = order key,
                                            value = order id), for the caps
@@ -43,7 +45,6 @@ from __future__ import annotations
 CATALOG = "seats:catalog"
 GATEWAY_BOOKS = "seats:gateway:{gateway}:books"
 GATEWAY_RECORDS = "seats:gateway:{gateway}:charge:*"  # a SCAN pattern (reconciliation tools)
-EVENTS_PATTERN = "seats:{*}:events"
 
 
 def order_flight(order_id: str) -> str:
@@ -77,7 +78,7 @@ def changes(flight_id: str) -> str:
 
 
 def events_channel(flight_id: str) -> str:
-    """The flight's pub/sub channel."""
+    """The flight's shard channel (``SPUBLISH``/``SSUBSCRIBE``: served by the node owning the flight's slot)."""
     return f"seats:{{{flight_id}}}:events"
 
 

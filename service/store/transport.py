@@ -33,7 +33,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError
 
 from service import errors
-from service.store.connection import Arg, MultiplexedRedis, NotSent, RedisAddress, RedisReplyError
+from service.store.connection import TLS_OPTIONS, Arg, MultiplexedRedis, NotSent, RedisAddress, RedisReplyError
 
 Address = tuple[str, int]
 
@@ -61,10 +61,12 @@ def topology_client(seeds: Sequence[str], *, connect_timeout: float, reply_timeo
     first: dict[str, Any] = dict(parse_url(seeds[0]))
     parsed: list[dict[str, Any]] = [dict(parse_url(seed)) for seed in seeds]
     nodes = [ClusterNode(str(p.get("host", "127.0.0.1")), int(p.get("port", 6379))) for p in parsed]
+    tls = {name: first[name] for name in TLS_OPTIONS if name in first}
     return RedisCluster(  # type: ignore[abstract]  # redis-py 5.2's stub marks it abstract; it is not
         startup_nodes=nodes, username=first.get("username"), password=first.get("password"),
         ssl=first.get("connection_class") is SSLConnection, decode_responses=True,
         socket_connect_timeout=connect_timeout, socket_timeout=reply_timeout, require_full_coverage=False,
+        **tls,
     )
 
 
