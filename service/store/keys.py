@@ -25,10 +25,12 @@ key                                type    contents
                                            value = order id), for the caps
 ``seats:{F}:idempotency:{sha256}`` string  an Idempotency-Key's record (JSON): pending, or the
                                            first response; sha256 of subject, method, path, key
-``seats:{F}:history:seat:{seatId}`` stream one seat's history (spec §13): an entry per change
-                                           (at, version, seat, from, to, order, cause,
-                                           expiresAt, reason), trimmed by time
-``seats:{F}:history:order:{id}``   stream  the same entries of one order
+``seats:{F}:history:seat:{seatId}`` stream one seat's history (spec §13): an entry per change,
+                                           fields h '<at>|<version>|<cause>|<order>', s
+                                           '<seat>:<from>:<to>:<deadline>', r reason (lua/_lib.lua
+                                           record_history); trimmed by time, TTL the retention
+``seats:{F}:history:order:{id}``   stream  one order's history: an entry per script, s listing
+                                           every seat it changed (comma-separated)
 ``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
 ``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
 {paymentId}:{n}``                          key: outcome (success | declined | void), message,
@@ -103,7 +105,7 @@ def history_seat(flight_id: str, seat_id: str) -> str:
 
 
 def history_order(flight_id: str, order_id: str) -> str:
-    """One order's history stream (the same entries as its seats', lua/_lib.lua history_key)."""
+    """One order's history stream (an entry per script with its seats, lua/_lib.lua history_key)."""
     return f"seats:{{{flight_id}}}:history:order:{order_id}"
 
 
