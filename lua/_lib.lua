@@ -1,7 +1,7 @@
 -- _lib.lua: helpers prepended to every script by service/scripts.py (Redis has no `require`).
 --
 -- Conventions shared by the order scripts (create_order, hold_seats, cancel_order,
--- begin_payment, mark_trying, record_attempt, expire_order):
+-- begin_payment, mark_trying, record_attempt, expire_order, settle_payment, admin_release, admin_extend):
 --   KEYS[1] flight hash   KEYS[2] change log stream   KEYS[3] deadline zset   KEYS[4] order hash
 --   KEYS[5] the subject's hash (token bucket + its orders; keys.subject)   KEYS[6] the
 --   Idempotency-Key record (keys.idempotency); both are placeholders the script never touches
@@ -11,7 +11,8 @@
 --   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
 --   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
 --   ARGV[7] how long a terminal order stays readable (ms)
---   ARGV[8..] the script's own arguments, then its LAST TWO (so the scripts' own numbering stays put):
+--   ARGV[8..] the script's own arguments, then its LAST THREE (so the scripts' own numbering stays put):
+--   ARGV[#ARGV - 2] how long seat history is kept (ms, SEATS_HISTORY_SECONDS; see "history" below)
 --   ARGV[#ARGV - 1] controls 'rate|window ms|max held seats|max open orders|subject TTL ms'
 --     (rate 0: no limiter; a max of 0: no cap), or '' (the worker: no controls)
 --   ARGV[#ARGV] idempotency 'fingerprint|TTL ms|HTTP status|salt', or '' (no Idempotency-Key)
@@ -46,12 +47,17 @@ local function seat_id_of(key)
   return string.match(key, ':([^:]+)$')
 end
 
--- A seat value is 'H|<order>|<deadline ms>' (held, key expires at the deadline) or 'C|<order>' (sold).
+-- A seat value is 'H|<order>|<deadline ms>' (held, key expires at the deadline), 'C|<order>' (sold) or
+-- BLOCKED (an operator took it off sale; service/flights.py BLOCKED_VALUE is the same string).
+local BLOCKED = 'B|-'
 local function seat_owner(value)
   if not value then return nil, nil end
   local kind, owner = string.match(value, '^(%a)|([^|]+)')
   return kind, owner
 end
+
+-- A seat value's kind in the seat map's words (nil, an absent key: 'available').
+local STATUS_OF = {H = 'held', C = 'confirmed', B = 'blocked'}
 
 local function read_hash(key)
   local flat = redis.call('HGETALL', key)
@@ -81,9 +87,73 @@ local function announce(flight_key, log_key, kind, changes, now)
   return version
 end
 
-local function announce_seats(changes, now)
+-- ---- history (spec section 13) ------------------------------------------------------------------
+-- Every seat change a script announces is recorded by that script, in streams of the flight's slot:
+-- one entry per changed seat in that seat's stream, and one entry per script in its order's stream
+-- (service/keys.py history_seat, history_order). Their names are derived from KEYS[1]
+-- ('seats:{F}:flight' -> 'seats:{F}:history:seat:1A'), not declared: they carry the flight's hash tag,
+-- so they live in the script's own slot, which Redis Cluster allows (as for the subject's other orders
+-- below). An entry has three fields (packed: one XADD argument each, a third of the cost of a field per
+-- value, measured): h '<at ms (TIME)>|<flight version the change made>|<cause>|<order id or ''>',
+-- s '<seat>:<status before>:<status after>:<hold deadline after, ms, or ''>' (statuses in the map's
+-- words; several, comma-separated, in an order's entry; '' for an order entry that changed no seat),
+-- r the operator's reason ('' otherwise; free text, hence a field of its own). Causes: hold, swap,
+-- payment, confirm, expire, cancel, admin. XADD's MINID ~ trims entries older than the retention as
+-- it writes, a whole node at a time (nearly free); PEXPIRE drops a stream nobody wrote to for as long;
+-- readers (history_page.lua, service/operators.py) skip what trimming left. Scripts note each seat's
+-- status before they change it (note_before), as they read it anyway.
+local HISTORY_MS = tonumber(ARGV[#ARGV - 2])  -- scripts outside the order convention set it themselves
+local BEFORE = {}  -- seat id -> its status before this script changed it
+
+local function note_before(id, kind)
+  if BEFORE[id] == nil then BEFORE[id] = STATUS_OF[kind] or 'available' end
+end
+
+local function history_key(kind, id)
+  return string.sub(KEYS[1], 1, -7) .. 'history:' .. kind .. ':' .. id  -- 'seats:{F}:flight' -> 'seats:{F}:'
+end
+
+local function append_history(stream, now, head, seats, reason)
+  redis.call('XADD', stream, 'MINID', '~', now - HISTORY_MS, '*', 'h', head, 's', seats, 'r', reason)
+  redis.call('PEXPIRE', stream, HISTORY_MS)
+end
+
+-- The changes (seat -> {status, expiresAt}) of one script, in seat id order: an entry per seat in its
+-- stream and, with an order, one entry with them all in the order's. A call without the history argument
+-- (a hand-made call) records nothing rather than fail half way.
+local function record_history(changes, version, now, cause, reason, order_id)
+  if not HISTORY_MS then return end
+  local head = now .. '|' .. version .. '|' .. cause .. '|' .. order_id
+  local ids = {}
+  for id in pairs(changes) do ids[#ids + 1] = id end
+  table.sort(ids)
+  local seats = {}
+  for i, id in ipairs(ids) do
+    local change = changes[id]
+    seats[i] = id .. ':' .. (BEFORE[id] or 'available') .. ':' .. change.status .. ':' .. (change.expiresAt or '')
+    append_history(history_key('seat', id), now, head, seats[i], reason)
+  end
+  if order_id ~= '' then
+    append_history(history_key('order', order_id), now, head, table.concat(seats, ','), reason)
+  end
+end
+
+-- An order's entry that changed no seat (an operator's release of an order that held none).
+local function record_order_entry(cause, reason, now)
+  if not HISTORY_MS then return end
+  local version = redis.call('HGET', KEYS[1], 'version') or 0
+  append_history(history_key('order', ARGV[4]), now, now .. '|' .. version .. '|' .. cause .. '|' .. ARGV[4], '',
+                 reason)
+end
+
+-- Announces a script's seat changes and records them in the history with their `cause` (and an
+-- operator's `reason`). Order scripts' changes belong to ARGV[4]; `order_id` overrides it ('' for none).
+local function announce_seats(changes, now, cause, reason, order_id)
   if next(changes) == nil then return nil end
-  return announce(KEYS[1], KEYS[2], 'seats', changes, now)
+  now = now or now_ms()
+  local version = announce(KEYS[1], KEYS[2], 'seats', changes, now)
+  record_history(changes, version, now, cause, reason or '', order_id or ARGV[4])
+  return version
 end
 
 -- Writes order fields, bumps the order's version and publishes an order event.
@@ -119,14 +189,18 @@ local function order_reply(status, flight_version, flat)
 end
 
 -- Releases one seat of this order. A key already gone lapsed by its TTL at the deadline: that
--- release still needs announcing. A seat another order holds now is left alone.
+-- release still needs announcing (its history says held -> available). A seat another order holds
+-- now, or an operator blocked, is left alone.
 local function release_seat(key, changes)
   local kind, owner = seat_owner(redis.call('GET', key))
+  local id = seat_id_of(key)
   if kind == 'H' and owner == ARGV[4] then
     redis.call('DEL', key)
-    changes[seat_id_of(key)] = {status = 'available'}
+    note_before(id, kind)
+    changes[id] = {status = 'available'}
   elseif kind == nil then
-    changes[seat_id_of(key)] = {status = 'available'}
+    note_before(id, 'H')
+    changes[id] = {status = 'available'}
   end
 end
 
@@ -140,6 +214,34 @@ local function check_expected_seats(order)
   local current = order.seats or ''
   if current ~= ARGV[6] then return fail('STALE', current) end
   return nil
+end
+
+-- Every seat of KEYS[FIRST_SEAT..] must still be this order's: held by it, or gone (its key lost, by data
+-- loss: it is taken again). A seat another order holds or bought, or an operator blocked, is never
+-- overwritten: the refusal CONFLICT names each. Notes each seat's status before (history).
+local function check_seats_still_ours()
+  local lost = {}
+  for i = FIRST_SEAT, #KEYS do
+    local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    note_before(seat_id_of(KEYS[i]), kind)
+    if kind and (kind ~= 'H' or owner ~= ARGV[4]) then
+      lost[#lost + 1] = seat_id_of(KEYS[i]) .. ':' .. STATUS_OF[kind]
+    end
+  end
+  if #lost > 0 then return fail('CONFLICT', table.concat(lost, ',')) end
+  return nil
+end
+
+-- Holds every seat of KEYS[FIRST_SEAT..] for this order until `deadline` (ms; the keys expire then) and
+-- moves the order in the deadline index; returns the seat changes to announce.
+local function hold_until(deadline)
+  local changes = {}
+  for i = FIRST_SEAT, #KEYS do
+    redis.call('SET', KEYS[i], 'H|' .. ARGV[4] .. '|' .. deadline, 'PXAT', deadline)
+    changes[seat_id_of(KEYS[i])] = {status = 'held', expiresAt = deadline, o = ARGV[4]}
+  end
+  redis.call('ZADD', KEYS[3], deadline, ARGV[4])
+  return changes
 end
 
 -- Whether the order's time ran out: a hold past its deadline, or a PENDING order that never held a
@@ -167,7 +269,7 @@ local function expire_now(message)
   local changes = release_seats(FIRST_SEAT, {})
   redis.call('ZREM', KEYS[3], ARGV[4])
   save_order(owe_settlement({'state', 'EXPIRED', 'lastError', message}), tonumber(ARGV[7]))
-  announce_seats(changes)
+  announce_seats(changes, nil, 'expire')
   return changes
 end
 

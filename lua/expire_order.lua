@@ -25,6 +25,6 @@ if order.state == 'PENDING' or order.state == 'SEATS_SELECTED' or order.state ==
 end
 local changes = release_seats(FIRST_SEAT, {})
 redis.call('ZREM', KEYS[3], ARGV[4])
-local flight_version = announce_seats(changes)
+local flight_version = announce_seats(changes, nil, 'expire')
 if order.state == 'FAILED' then return order_reply('RELEASED', flight_version) end
 return order_reply('DONE', flight_version)

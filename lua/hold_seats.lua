@@ -4,8 +4,8 @@
 --   seats that are not current.
 -- ARGV[8] hold duration (ms)   ARGV[9] max hold from the first hold (ms)
 -- ARGV[10] layout revision the seat ids were validated against   ARGV[11] order TTL (ms)
--- ARGV[12] the new selection (csv of seat ids, same order as their keys)   ARGV[13..14] controls and
---   idempotency (_lib.lua)
+-- ARGV[12] the new selection (csv of seat ids, same order as their keys)   ARGV[13..15] history retention,
+--   controls and idempotency (_lib.lua)
 -- All-or-nothing: either every new seat is held by this order until one new deadline (kept seats
 -- included) and dropped seats are released, or nothing changes. The seats the order's subject then
 -- holds on the flight (FAILED orders' kept seats included) stay within its cap.
@@ -14,7 +14,7 @@
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, LAYOUT, KEYS_MISMATCH <key> (KEYS[FIRST_SEAT..]
 --         and the csv disagree: a caller's bug), IDEMPOTENCY_REUSED, RATE_LIMITED <retry ms> <rate>
 --         <window ms>, CLOSED <state>, PAYING, SUBJECT_LIMIT seats <limit> <current>,
---         CONFLICT <seat>:<held|confirmed>,...
+--         CONFLICT <seat>:<held|confirmed|blocked>,...
 -- A lapsed order is expired first, whatever else the request asks (PAYING included).
 local order = load_order(KEYS[4], ARGV[5])
 if not order then return fail('NOT_FOUND', ARGV[4]) end
@@ -39,9 +39,11 @@ if hold_expired(order, now) then
 end
 if order.state == 'PAYING' then return fail('PAYING') end
 
--- The cap needs no refusal of its own: an order whose hold is still running is before its cap.
+-- The cap needs no refusal of its own: an order whose hold is still running is before its cap, or an
+-- operator extended it past the cap (admin_extend.lua), and that running deadline is then the cap.
 local first_hold = tonumber(order.firstHoldAt) or now
-local deadline = math.min(now + tonumber(ARGV[8]), first_hold + tonumber(ARGV[9]))
+local cap = math.max(first_hold + tonumber(ARGV[9]), tonumber(order.holdExpiresAt) or 0)
+local deadline = math.min(now + tonumber(ARGV[8]), cap)
 
 local order_id = ARGV[4]
 local wanted = {}
@@ -61,8 +63,9 @@ for i = FIRST_SEAT, #KEYS do
   local id = seat_id_of(KEYS[i])
   if wanted[id] then
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    note_before(id, kind)
     if kind and owner ~= order_id then
-      conflicts[#conflicts + 1] = id .. ':' .. (kind == 'C' and 'confirmed' or 'held')
+      conflicts[#conflicts + 1] = id .. ':' .. STATUS_OF[kind]
     end
   end
 end
@@ -86,4 +89,4 @@ local _, flat = save_order({'state', 'SEATS_SELECTED', 'seats', ARGV[12], 'holdE
                             'firstHoldAt', first_hold}, tonumber(ARGV[11]), now)
 forget(ended)
 remember(spec, flat)
-return order_reply('OK', announce_seats(changes, now), flat)
+return order_reply('OK', announce_seats(changes, now, order.state == 'PENDING' and 'hold' or 'swap'), flat)

@@ -34,6 +34,7 @@ end
 if success then
   for i = FIRST_SEAT, #KEYS do
     local kind, owner = seat_owner(redis.call('GET', KEYS[i]))
+    note_before(seat_id_of(KEYS[i]), kind)
     if kind ~= 'H' or owner ~= order_id then
       expire_now(LATE_MESSAGE)
       return order_reply('LATE')
@@ -48,7 +49,7 @@ if success then
   redis.call('ZREM', KEYS[3], order_id)
   save_order({'state', 'CONFIRMED', 'paymentStatus', 'success', 'lastError', '',
               'confirmationId', ARGV[12]}, retention)
-  announce_seats(changes)
+  announce_seats(changes, now, 'confirm')
   return order_reply('CONFIRMED')
 end
 
@@ -65,5 +66,5 @@ if ARGV[13] == 'immediate' then
 end
 save_order({'state', 'FAILED', 'attemptsLeft', 0, 'paymentStatus', 'failed',
             'lastError', message}, retention)
-announce_seats(changes)
+announce_seats(changes, now, 'payment')  -- SEATS_RELEASE_ON_FAILURE=immediate: the payment released them
 return order_reply('FAILED')

@@ -59,7 +59,7 @@ class InvalidBuyerPass(Unauthorized):
 
 
 class Forbidden(SeatsError):
-    """A wrong admin token."""
+    """A wrong admin token (on the history of an order: neither the admin token nor the order's)."""
 
     status_code = 403
     code = "forbidden"
@@ -77,6 +77,13 @@ class OrderNotFound(SeatsError):
 
     status_code = 404
     code = "order_not_found"
+
+
+class SeatNotFound(SeatsError):
+    """The flight has no such seat."""
+
+    status_code = 404
+    code = "seat_not_found"
 
 
 class Conflict(SeatsError):
@@ -120,6 +127,12 @@ class FlightInUse(Conflict):
     """The flight's layout cannot change while seats are held or sold."""
 
     code = "flight_in_use"
+
+
+class HoldCapReached(Conflict):
+    """An extension would not move the hold's deadline: it is at the cap of SEATS_MAX_HOLD_SECONDS."""
+
+    code = "hold_cap_reached"
 
 
 class SubjectLimitReached(Conflict):

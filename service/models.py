@@ -13,7 +13,8 @@ TERMINAL_STATES: frozenset[str] = frozenset({"CONFIRMED", "FAILED", "EXPIRED", "
 # refunding: the order ended unconfirmed after a charge may have gone through; refunded: it had, and
 # the charge was refunded (service.payments.settle_payment).
 PaymentStatus = Literal["trying", "retrying", "failed", "success", "refunding", "refunded"]
-SeatStatus = Literal["available", "held", "confirmed"]
+SeatStatus = Literal["available", "held", "confirmed", "blocked"]  # blocked: an operator took it off sale
+HistoryCause = Literal["hold", "swap", "payment", "confirm", "expire", "cancel", "admin"]
 
 
 class Wire(msgspec.Struct, rename="camel", omit_defaults=False):
@@ -90,6 +91,38 @@ class PutFlightRequest(Request):
     columns: Annotated[str, _documented(pattern="^[A-Z]{1,26}$")]
 
 
+# Operators' actions (spec §13). Bounds are checked by hand (service.operators) so that a wrong value
+# is a 422, as for the other bodies; these only document them.
+MAX_REASON_CHARS = 500  # an operator's reason is stored in every history entry the action makes
+MAX_EXTEND_MINUTES = 24 * 60  # one extension at most; an operator may extend again
+MAX_BLOCK_SEATS = 1000  # seats per block or unblock request (each is a key of one script call)
+SEAT_ID_REGEX = "^[1-9][0-9]{0,4}[A-Z]$"
+ReasonField = Annotated[str, _documented(minLength=1, maxLength=MAX_REASON_CHARS)]
+
+
+class ReleaseOrderRequest(Request):
+    """``POST /admin/orders/{id}/release``: why (kept in the history, never shown to the customer)."""
+
+    reason: ReasonField
+
+
+class ExtendHoldRequest(Request, kw_only=True):
+    """``POST /admin/orders/{id}/extend``: minutes to add to the hold; ``beyondCap`` lifts the cap of
+    ``SEATS_MAX_HOLD_SECONDS`` from the first hold."""
+
+    reason: ReasonField
+    minutes: Annotated[int, _documented(minimum=1, maximum=MAX_EXTEND_MINUTES)]
+    beyond_cap: bool = False
+
+
+class SeatsActionRequest(Request):
+    """``POST /admin/flights/{id}/seats/block`` and ``.../unblock``: which seats, and why."""
+
+    reason: ReasonField
+    seats: Annotated[list[Annotated[str, _documented(pattern=SEAT_ID_REGEX)]],
+                     _documented(minItems=1, maxItems=MAX_BLOCK_SEATS)]
+
+
 # --- responses --------------------------------------------------------------------------
 
 
@@ -133,6 +166,12 @@ class SeatView(Wire, omit_defaults=True):
     mine: bool | None = None
 
 
+class AdminSeatView(SeatView):
+    """A seat as the admin console's stream shows it: with the order that holds or bought it."""
+
+    order_id: str | None = None
+
+
 class SeatMap(Wire):
     """``GET /flights/{id}/seats``."""
 
@@ -169,6 +208,7 @@ class AvailableSeats(Wire):
     held: list[str]
     confirmed: list[str]
     total: int
+    blocked: list[str] = msgspec.field(default_factory=list)  # added with spec §13 (not for sale)
 
 
 class ErrorBody(msgspec.Struct):
@@ -184,6 +224,40 @@ class Readiness(msgspec.Struct):
 
     ok: list[str]
     failing: dict[str, str]
+
+
+class HistoryEntry(Wire):
+    """One seat change (spec §13): when (``at``), the flight version it made, the seat's status before
+    (``from``) and after (``to``) in the map's words, its order, why (``cause``), the hold deadline after
+    it (``expiresAt``, when held) and an operator's ``reason``. ``seat``, ``from`` and ``to`` are null
+    for an operator's action on an order that held no seat."""
+
+    at: str
+    version: int
+    seat: str | None
+    from_: SeatStatus | None = msgspec.field(name="from")
+    to: SeatStatus | None
+    order_id: str | None
+    cause: HistoryCause
+    expires_at: str | None
+    reason: str | None
+
+
+class HistoryPage(Wire):
+    """A page of history, newest first; ``next`` is the ``cursor`` of the following page (null: no more)."""
+
+    entries: list[HistoryEntry]
+    next: str | None
+
+
+class SeatsActionResult(Wire):
+    """An operator's block or unblock: the seats it changed, those already as asked, the flight's version
+    after (unchanged when nothing changed)."""
+
+    flight_id: str
+    version: int
+    changed: list[str]
+    unchanged: list[str]
 
 
 class PaymentsSummary(msgspec.Struct):

@@ -181,6 +181,7 @@ class OrderScripts:
         self.on_flight_version: Callable[[str, int], None] | None = None  # FlightStore.note_version
         self._retention_ms = int(settings.order_retention_seconds * 1000)
         self._idempotency_ms = int(settings.idempotency_seconds * 1000)
+        self._history_ms = int(settings.history_seconds * 1000)
         self._keys_of: dict[str, tuple[tuple[str, str, str], str, str]] = {}
 
     def _flight_keys(self, flight_id: str) -> tuple[tuple[str, str, str], str, str]:
@@ -212,13 +213,14 @@ class OrderScripts:
         order's own; the order's own wins) was stale.
 
         ``controls`` and ``keyed`` are the limiter/caps and Idempotency-Key arguments of lua/_lib.lua
-        (empty for the worker's calls). Raises Refusal for the script's refusals.
+        (empty for the worker's calls), after the history retention (SEATS_HISTORY_SECONDS, in ms).
+        Raises Refusal for the script's refusals.
         """
         expected = self.seen_seats.get(order_id, "")
         subject = self.subject_of.get(order_id) or (subject_key() if subject_key else keys.subject(flight_id, ""))
         flight_keys, channel, seat_prefix = self._flight_keys(flight_id)
         record_key = keyed.record_key if keyed else keys.idempotency(flight_id, "")
-        tail: list[Arg] = [controls, keyed.script_spec(self._idempotency_ms) if keyed else ""]
+        tail: list[Arg] = [self._history_ms, controls, keyed.script_spec(self._idempotency_ms) if keyed else ""]
         for _ in range(MAX_STALE_RETRIES):
             current = expected.split(",") if expected else []
             seat_ids = current + [s for s in new_seats if s not in current] if current else list(new_seats)
@@ -332,9 +334,16 @@ class OrderStore:
 
     async def get(self, order_id: str, token: str) -> Order:
         """Read an order; one whose time ran out before the sweeper came is expired on the spot."""
+        return await self._read(order_id, hash_token(token))
+
+    async def get_trusted(self, order_id: str) -> Order:
+        """Read an order without its token (operators, behind the admin token); as :meth:`get`."""
+        return await self._read(order_id, None)
+
+    async def _read(self, order_id: str, token_hash: str | None) -> Order:
         flight_id = await self.flight_of(order_id)
         fields, now_ms = await self._reads.order(flight_id, order_id)
-        if not fields or not hmac.compare_digest(fields["tokenHash"], hash_token(token)):
+        if not fields or (token_hash is not None and not hmac.compare_digest(fields["tokenHash"], token_hash)):
             raise self._not_found(order_id)
         until = lapses_at(fields)
         if until is not None and until <= now_ms:

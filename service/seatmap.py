@@ -13,10 +13,11 @@ from typing import Protocol
 
 import msgspec
 
-from service.models import AvailableSeats, Flight, SeatMap, SeatMapVersion, SeatView, iso_ms
+from service.models import AdminSeatView, AvailableSeats, Flight, SeatMap, SeatMapVersion, SeatView, iso_ms
 from service.store import keys
 
 MAX_ROW_DIGITS = 5
+BLOCKED_VALUE = "B|-"  # a blocked seat's Redis value (lua/_lib.lua BLOCKED): no order, no TTL
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +65,24 @@ class Snapshot:
     hash: str
     valid_until: int
     _encoded: bytes | None = None
+    _encoded_admin: bytes | None = None
 
     def encoded_public(self) -> bytes:
         """The map without ``mine`` marks, encoded once per snapshot (a 50k-seat map is large)."""
         if self._encoded is None:
             self._encoded = msgspec.json.encode(self.view(None))
         return self._encoded
+
+    def encoded_admin(self) -> bytes:
+        """The map with each held or sold seat's order (the admin console's stream), encoded once."""
+        if self._encoded_admin is None:
+            seats: dict[str, SeatView] = dict(self.seats)
+            for seat_id, owner in self.owners.items():
+                view = seats[seat_id]
+                seats[seat_id] = AdminSeatView(view.status, view.expires_at, order_id=owner)
+            self._encoded_admin = msgspec.json.encode(SeatMap(self.layout.flight_id, self.version, self.hash,
+                                                              iso_ms(self.last_updated), seats))
+        return self._encoded_admin
 
     def view(self, mine_order: str | None) -> SeatMap:
         """The seat map, with ``mine`` marks for ``mine_order``'s seats."""
@@ -87,16 +100,18 @@ class Snapshot:
 
     def summary(self) -> AvailableSeats:
         """The first version's ``available-seats`` summary."""
-        grouped: dict[str, list[str]] = {"available": [], "held": [], "confirmed": []}
+        grouped: dict[str, list[str]] = {"available": [], "held": [], "confirmed": [], "blocked": []}
         for seat_id, view in self.seats.items():
             grouped[view.status].append(seat_id)
         return AvailableSeats(
-            self.layout.flight_id, grouped["available"], grouped["held"], grouped["confirmed"], len(self.seats)
+            self.layout.flight_id, grouped["available"], grouped["held"], grouped["confirmed"], len(self.seats),
+            grouped["blocked"],
         )
 
 
 _AVAILABLE = SeatView("available")
 _CONFIRMED = SeatView("confirmed")
+_BLOCKED = SeatView("blocked")
 
 
 def seat_fragment(seat_id: str, value: str) -> bytes:
@@ -105,7 +120,7 @@ def seat_fragment(seat_id: str, value: str) -> bytes:
 
 
 def hash_fragments(layout: Layout, fragments: Iterable[bytes]) -> str:
-    """The map's hash: the fragments of its held and sold seats in layout order, then the layout
+    """The map's hash: the fragments of its held, sold and blocked seats in layout order, then the layout
     revision. ``service.feeds`` recomputes it from change announcements with cached fragments,
     so this and :func:`seat_fragment` are its one definition."""
     digest = hashlib.blake2b(digest_size=16)
@@ -120,7 +135,10 @@ def content_hash(layout: Layout, owned: Iterable[tuple[str, str]]) -> str:
 
 
 def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None], now_ms: int) -> Snapshot:
-    """Decode MGET results into a snapshot; a hold whose deadline passed reads as available."""
+    """Decode MGET results into a snapshot; a hold whose deadline passed reads as available.
+
+    Values (lua/_lib.lua): ``H|<order>|<deadline ms>`` held, ``C|<order>`` sold, BLOCKED_VALUE blocked.
+    """
     seats: dict[str, SeatView] = {}
     owners: dict[str, str] = {}
     owned: list[tuple[str, str]] = []
@@ -135,7 +153,9 @@ def build_snapshot(layout: Layout, meta: dict[str, str], values: list[str | None
                 deadline = int(rest[0])
                 view, owners[seat_id] = SeatView("held", iso_ms(deadline)), owner
                 valid_until = min(valid_until, deadline)
-            if seat_id in owners:
+            elif kind == "B":
+                view = _BLOCKED
+            if view is not _AVAILABLE:
                 owned.append((seat_id, value))
         seats[seat_id] = view
     version = int(meta.get("version", 0))

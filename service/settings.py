@@ -65,6 +65,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     pending_order_seconds: float = 900.0  # an order that never held a seat expires after this long
     idempotency_seconds: float = 86_400.0  # how long an Idempotency-Key's first response is kept
     idempotency_lease_seconds: float = 30.0  # a key whose first request is still running answers 409 this long
+    # Operators (spec §13): every seat change is kept in the flight's history this long
+    history_seconds: float = 30 * 24 * 3600.0
 
     @property
     def write_limit(self) -> tuple[int, float] | None:
@@ -156,6 +158,7 @@ _ENV_NAMES: dict[str, str] = {
     "pending_order_seconds": "SEATS_PENDING_ORDER_SECONDS",
     "idempotency_seconds": "SEATS_IDEMPOTENCY_SECONDS",
     "idempotency_lease_seconds": "SEATS_IDEMPOTENCY_LEASE_SECONDS",
+    "history_seconds": "SEATS_HISTORY_SECONDS",
     "order_claim_seconds": "SEATS_ORDER_CLAIM_SECONDS",
     "eviction_check_seconds": "SEATS_EVICTION_CHECK_SECONDS",
     "redis_cluster": "SEATS_REDIS_CLUSTER",
@@ -208,6 +211,8 @@ def _check_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_REDIS_WAIT_REPLICAS and SEATS_REDIS_WAIT_TIMEOUT_MS must be 0 or more")
     if settings.order_claim_seconds <= 0 or settings.eviction_check_seconds <= 0:
         raise SettingsError("SEATS_ORDER_CLAIM_SECONDS and SEATS_EVICTION_CHECK_SECONDS must be positive")
+    if settings.history_seconds < 1:
+        raise SettingsError("SEATS_HISTORY_SECONDS must be at least 1")
     _check_controls(settings)
 
 

@@ -29,6 +29,7 @@ from service.expiry import recover_payments, run_sweeper
 from service.flights import FlightStore
 from service.limits import StreamSlots
 from service.live.broker import EventBroker
+from service.operators import Operators
 from service.orders import Enqueue, OrderScripts, OrderStore
 from service.payments import SimulatedGateway, settle_payment
 from service.settings import Settings
@@ -96,6 +97,7 @@ class Services(Domain):
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)  # parsed once
     stream_slots: StreamSlots | None = None  # the cap on open streams per subject
     eviction: EvictionPolicy | None = None  # the data Redis's maxmemory-policy, for readiness
+    operators: Operators | None = None  # history and admin actions (spec §13)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
@@ -147,7 +149,8 @@ async def open_api(settings: Settings) -> Services:
         await queue.aclose()
         raise
     services = Services(**vars(domain), queue=queue, trusted_proxies=TrustedProxies(settings.trusted_proxies),
-                        stream_slots=StreamSlots(domain.store.scripts, settings))
+                        stream_slots=StreamSlots(domain.store.scripts, settings),
+                        operators=Operators(domain.order_scripts, domain.orders, domain.flights, settings))
     try:
         services.eviction = await checked_eviction_policy(domain.store, settings)
         services.events = EventBroker(settings, domain.store, domain.flights, domain.orders)

@@ -8,13 +8,13 @@ import msgspec
 
 from service.live.messages import SeatChange, SeatsMessage
 from service.live.mirror import Mirror
-from service.seatmap import Layout, build_snapshot
+from service.seatmap import BLOCKED_VALUE, Layout, build_snapshot
 
 NOW = 1_800_000_000_000
 
 
 def test_mirror_hash_and_snapshot_match_build_snapshot_after_random_changes() -> None:
-    """After each of 500 random changes (holds, lapsed holds, sales, releases) the mirror's hash and
+    """After each of 500 random changes (holds, lapsed holds, sales, blocks, releases) the mirror's hash and
     snapshot equal what GET /seats computes from the same raw seat values."""
     rng = random.Random(7)
     layout = Layout.build("FX", 12, "ABCDEFG", "3", NOW)
@@ -35,6 +35,9 @@ def test_mirror_hash_and_snapshot_match_build_snapshot_after_random_changes() ->
             elif roll < 0.6:
                 truth[seat] = f"C|{order}"
                 changes[seat] = SeatChange("confirmed", None, order)
+            elif roll < 0.7:
+                truth[seat] = BLOCKED_VALUE
+                changes[seat] = SeatChange("blocked")
             else:
                 truth.pop(seat, None)
                 changes[seat] = SeatChange("available")

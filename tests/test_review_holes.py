@@ -140,7 +140,8 @@ def test_hold_script_refuses_keys_out_of_step_with_the_selection(make_settings: 
     asyncio.run(scenario())
 
 
-NO_CONTROLS = ("", "")  # the order scripts' last two arguments: no limits, no Idempotency-Key (lua/_lib.lua)
+NO_CONTROLS = (60_000, "", "")  # the order scripts' last three arguments: history retention (ms), no limits,
+# no Idempotency-Key (lua/_lib.lua)
 
 
 def order_keys(seat_keys: list[str]) -> list[str]:
@@ -233,6 +234,10 @@ def produce_409s(client: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]
     c_id, c_token = new_order(client)
     # the client's subject now has 2 open orders (a paying, c): its cap, in the test's settings
     got["subject_limit_reached"] = client.post("/orders", json={"flightId": "FL-001"}).json()["error"]
+    hold(client, c_id, c_token, ["4C"])
+    for _ in range(2):  # an operator's extension to the hold cap, then one past it
+        capped = client.post(f"/admin/orders/{c_id}/extend", json={"reason": "r", "minutes": 1440}, headers=ADMIN)
+    got["hold_cap_reached"] = capped.json()["error"]
     pending = idempotency.keyed_request("FL-001", "a:testclient", "DELETE", f"/orders/{c_id}", "k",
                                         idempotency.fingerprint(None), 200)
     data = redis.Redis.from_url(client.app.state.services.settings.redis_url)

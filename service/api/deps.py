@@ -157,9 +157,10 @@ def require_token(request: AnyRequest, *, allow_query: bool = False) -> str:
     return token
 
 
-def require_admin(request: AnyConnection, settings: Settings) -> None:
-    """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403."""
-    token = bearer_token(request)
+def require_admin(request: AnyConnection, settings: Settings, *, allow_query: bool = False) -> None:
+    """Admin endpoints take ``SEATS_ADMIN_TOKEN``: none presented is 401, a wrong one 403 (``allow_query``:
+    also as ``?token=``, for the console's EventSource)."""
+    token = bearer_token(request, allow_query=allow_query)
     if token is None:
         raise errors.Unauthorized("Admin endpoints need 'Authorization: Bearer <SEATS_ADMIN_TOKEN>'.")
     expected = settings.admin_token

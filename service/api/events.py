@@ -28,7 +28,8 @@ SSE_MEDIA_TYPE = "text/event-stream"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy buffering either
 
 
-def _broker(services: ServicesDep) -> EventBroker:
+def broker_of_services(services: Services) -> EventBroker:
+    """The process's event broker; StoreUnavailable (503) where live updates are not running."""
     broker = getattr(services, "events", None)
     if not isinstance(broker, EventBroker):
         raise errors.StoreUnavailable("Live updates are not available in this process.")
@@ -48,7 +49,7 @@ async def flight_events(
     when they are no longer retained. With ``?orderId=`` and that order's token, its seats carry
     ``mine: true``; a wrong token is ignored, as on the seat map.
     """
-    broker = _broker(services)
+    broker = broker_of_services(services)
     await services.flights.layout(flight_id)  # an unknown flight is a 404, not an empty stream
     token = bearer_token(request, allow_query=True)
     mine = order_id if order_id and token and await services.orders.token_matches(flight_id, order_id, token) else None
@@ -69,7 +70,7 @@ async def order_events(
     A client reconnecting with the terminal version as ``Last-Event-ID`` gets 204, which tells
     EventSource to stop reconnecting.
     """
-    broker = _broker(services)
+    broker = broker_of_services(services)
     token = require_token(request, allow_query=True)
     slots, place = await _place(request, services)
     on_close = functools.partial(slots.release_soon, place) if slots else None

@@ -31,7 +31,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, ErrorBody, Flight
+from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, SEAT_ID_REGEX, ErrorBody, Flight
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +46,9 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "invalid_request": ErrorCode(400, "malformed JSON, wrong JSON types, unknown fields, no body"),
     "unauthorized": ErrorCode(401, "no bearer token where one is required"),
     "invalid_buyer_pass": ErrorCode(401, "a malformed, forged or expired `Seats-Buyer` pass (or none where required)"),
-    "forbidden": ErrorCode(403, "a wrong admin token"),
+    "forbidden": ErrorCode(403, "a wrong admin token (an order's history: neither the admin token nor that order's)"),
     "flight_not_found": ErrorCode(404, "unknown flight"),
+    "seat_not_found": ErrorCode(404, "the flight has no such seat"),
     "order_not_found": ErrorCode(404, "unknown order, or a wrong order token"),
     "seats_unavailable": ErrorCode(409, "a requested seat is held or sold by another order (`details.conflicts`)"),
     "order_closed": ErrorCode(409, "the order is terminal"),
@@ -57,6 +58,8 @@ ERROR_CODES: dict[str, ErrorCode] = {
     "flight_in_use": ErrorCode(409, "replacing the layout of a flight with held or sold seats"),
     "conflict": ErrorCode(409, "the order (or the flight's layout) changed under four retries in a row; try again"),
     "subject_limit_reached": ErrorCode(409, "a per-subject cap (`details: {limit, current}`)"),
+    "hold_cap_reached": ErrorCode(409, "an extension the hold cap (`SEATS_MAX_HOLD_SECONDS` from the first hold) "
+                                       "leaves no room for (`details.cap`); `beyondCap` lifts it"),
     "idempotency_in_progress": ErrorCode(409, "the first request with this `Idempotency-Key` still runs"),
     "payload_too_large": ErrorCode(413, "body over `SEATS_MAX_BODY_BYTES`"),
     "validation_failed": ErrorCode(422, "well-formed but invalid (`details.field`): ids, seats, code, a JSON key "
@@ -99,6 +102,8 @@ LAST_EVENT_ID = _header("Last-Event-ID", "Resume after this event id: the missed
                         Schema(type=_STRING))
 TOKEN_QUERY = Parameter(name="token", param_in="query", required=False, schema=Schema(type=_STRING),
                         description="The order token, for clients that cannot set headers (EventSource).")
+ADMIN_TOKEN_QUERY = Parameter(name="token", param_in="query", required=False, schema=Schema(type=_STRING),
+                              description="The admin token, for clients that cannot set headers (EventSource).")
 
 _HEADERS: dict[str, OpenAPIHeader] = {
     "Retry-After": OpenAPIHeader(description="Seconds to wait before retrying (whole, rounded up, at least 1).",
@@ -112,12 +117,15 @@ _HEADERS: dict[str, OpenAPIHeader] = {
     "ETag": OpenAPIHeader(description='`"<hash>"` of the seat map.', schema=Schema(type=_STRING)),
 }
 # Ids in paths (flights.FLIGHT_ID_PATTERN, orders.check_order_id); anything else is a 404.
-_PATH_PATTERNS = {"flight_id": FLIGHT_ID_REGEX, "order_id": ORDER_ID_REGEX}
+_PATH_PATTERNS = {"flight_id": FLIGHT_ID_REGEX, "order_id": ORDER_ID_REGEX, "seat_id": SEAT_ID_REGEX}
 
 _READ = ("store_unavailable",)
 _WRITE = ("invalid_request", "payload_too_large", "rate_limited", "invalid_buyer_pass", "store_unavailable")
 _IDEMPOTENT = ("idempotency_in_progress", "idempotency_key_reused")
 _ORDER = ("unauthorized", "order_not_found")
+_ADMIN = ("unauthorized", "forbidden", "store_unavailable")
+_ADMIN_WRITE = (*_ADMIN, "invalid_request", "payload_too_large", "validation_failed")
+_PAGE = ("invalid_request", "validation_failed")  # ?limit= not an integer (400), out of range or a bad cursor (422)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +172,18 @@ ROUTES: dict[str, RouteDoc] = {
     "cancel_order": RouteDoc(("rate_limited", "invalid_buyer_pass", "store_unavailable", *_IDEMPOTENT, *_ORDER,
                               "validation_failed", "order_closed", "payment_in_progress", "conflict"),
                              (IDEMPOTENCY_KEY, SEATS_BUYER), (ORDER_TOKEN,)),
-    "payments_summary": RouteDoc(("unauthorized", "forbidden", "store_unavailable"), security=(ADMIN_TOKEN,)),
+    "payments_summary": RouteDoc(_ADMIN, security=(ADMIN_TOKEN,)),
+    "seat_history": RouteDoc((*_ADMIN, *_PAGE, "flight_not_found", "seat_not_found"), security=(ADMIN_TOKEN,)),
+    "order_history": RouteDoc((*_ADMIN, *_PAGE, "order_not_found"), security=(ADMIN_TOKEN, ORDER_TOKEN)),
+    "admin_get_order": RouteDoc((*_ADMIN, "order_not_found"), security=(ADMIN_TOKEN,)),
+    "admin_release": RouteDoc((*_ADMIN_WRITE, "order_not_found", "order_closed", "conflict"), security=(ADMIN_TOKEN,)),
+    "admin_extend": RouteDoc((*_ADMIN_WRITE, "order_not_found", "order_closed", "no_seats_held", "hold_cap_reached",
+                              "seats_unavailable", "conflict"), security=(ADMIN_TOKEN,)),
+    "block_seats": RouteDoc((*_ADMIN_WRITE, "flight_not_found", "seats_unavailable", "conflict"),
+                            security=(ADMIN_TOKEN,)),
+    "unblock_seats": RouteDoc((*_ADMIN_WRITE, "flight_not_found", "conflict"), security=(ADMIN_TOKEN,)),
+    "admin_flight_events": RouteDoc((*_ADMIN, "flight_not_found"), (LAST_EVENT_ID, ADMIN_TOKEN_QUERY),
+                                    (ADMIN_TOKEN,)),
     "flight_events": RouteDoc((*_READ, "flight_not_found", "rate_limited", "invalid_buyer_pass"),
                               (LAST_EVENT_ID, SEATS_BUYER, TOKEN_QUERY), (ORDER_TOKEN,), optional_security=True),
     "order_events": RouteDoc((*_READ, *_ORDER, "rate_limited", "invalid_buyer_pass"),

@@ -1,4 +1,5 @@
-"""The browser UI: ``GET /`` serves the page, ``/static/*`` its modules and styles (no build step, no CDN)."""
+"""The browser UI: ``GET /`` the customer page, ``GET /admin`` the admin console, ``/static/*`` their modules
+and styles (no build step, no CDN)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-@get("/", media_type=MediaType.HTML, include_in_schema=False)
-async def index() -> Response[bytes]:
-    """The single page; read per request so an edited file shows on reload (it is a few KB)."""
+def _page(name: str) -> Response[bytes]:
+    """A page of ``static/``, read per request so an edited file shows on reload (a few KB), under the CSP."""
     return Response(
-        (STATIC_DIR / "index.html").read_bytes(),
+        (STATIC_DIR / name).read_bytes(),
         media_type=MediaType.HTML,
         headers={
             "Cache-Control": "no-cache",
@@ -33,6 +33,19 @@ async def index() -> Response[bytes]:
     )
 
 
+@get("/", media_type=MediaType.HTML, include_in_schema=False)
+async def index() -> Response[bytes]:
+    """The customer page."""
+    return _page("index.html")
+
+
+@get("/admin", media_type=MediaType.HTML, include_in_schema=False)
+async def admin_console() -> Response[bytes]:
+    """The admin console (spec §13): the page itself is public; everything it shows needs the admin
+    token, which the operator types into it."""
+    return _page("admin.html")
+
+
 static_router = create_static_files_router(
     path="/static",
     directories=[STATIC_DIR],
@@ -41,4 +54,4 @@ static_router = create_static_files_router(
     include_in_schema=False,
 )
 
-ROUTES: list[ControllerRouterHandler] = [index, static_router]
+ROUTES: list[ControllerRouterHandler] = [index, admin_console, static_router]

@@ -195,9 +195,12 @@ class EventBroker:
 
     # -- flight streams -----------------------------------------------------------------------
 
-    def open_flight(self, flight_id: str, mine: str | None, last_event_id: str | None) -> FlightWatcher:
-        """Attach a stream to the flight's feed (created on first use)."""
-        watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, parse_event_id(last_event_id))
+    def open_flight(self, flight_id: str, mine: str | None, last_event_id: str | None, *,
+                    admin: bool = False) -> FlightWatcher:
+        """Attach a stream to the flight's feed (created on first use); ``admin``: frames name every
+        held or sold seat's order (the admin console's stream)."""
+        watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, parse_event_id(last_event_id),
+                                admin=admin)
         if self._draining:
             watcher.outbox.close()
             return watcher
@@ -227,7 +230,7 @@ class EventBroker:
                     if isinstance(each, Heartbeat):
                         chunks.append(HEARTBEAT_BYTES)
                     elif isinstance(each, SnapshotFrame) or each.version > last:
-                        chunks.append(each.render(watcher.mine))
+                        chunks.append(each.render_admin() if watcher.admin else each.render(watcher.mine))
                         last = each.version
                 if chunks:
                     yield b"".join(chunks)

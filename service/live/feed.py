@@ -50,7 +50,8 @@ LAG_SECONDS: Final = 2.0  # a version Redis had and the feed still lacks this mu
 
 @dataclass(slots=True, eq=False)
 class FlightWatcher:
-    """One open flight stream: its outbox, its ``mine`` order and where it resumes from."""
+    """One open flight stream: its outbox, its ``mine`` order (or ``admin``: every order) and where it
+    resumes from."""
 
     flight_id: str
     outbox: Outbox[Frame]
@@ -58,6 +59,7 @@ class FlightWatcher:
     resume: tuple[str, int] | None  # Last-Event-ID as (epoch, version)
     ready: bool = False
     timer: asyncio.TimerHandle | None = None
+    admin: bool = False
 
 
 class FlightFeed:

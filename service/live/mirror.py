@@ -16,8 +16,8 @@ import msgspec
 
 from service.live.messages import SeatsMessage
 from service.live.streams import event_id, sse_frame
-from service.models import SeatMapVersion, SeatsEvent, SeatView, iso_ms
-from service.seatmap import Layout, LiveState, Snapshot, build_snapshot, hash_fragments, seat_fragment
+from service.models import AdminSeatView, SeatMapVersion, SeatsEvent, SeatView, iso_ms
+from service.seatmap import BLOCKED_VALUE, Layout, LiveState, Snapshot, build_snapshot, hash_fragments, seat_fragment
 
 _encode: Final = msgspec.json.Encoder().encode
 
@@ -33,11 +33,12 @@ def epoch_of(created_at: str, lineage: str) -> str:
 
 _AVAILABLE = SeatView("available")
 _CONFIRMED = SeatView("confirmed")
+_BLOCKED = SeatView("blocked")
 
 
 @dataclass(slots=True, eq=False)
 class SeatsFrame:
-    """One version's ``seats`` event; ``owners`` (seat -> order) only serves ``mine`` marks."""
+    """One version's ``seats`` event; ``owners`` (seat -> order) serves ``mine`` marks and the admin stream."""
 
     version: int
     id: str  # the SSE event id: <epoch>-<version>
@@ -45,6 +46,19 @@ class SeatsFrame:
     owners: dict[str, str]
     public: bytes
     _mine: dict[str, bytes] = field(default_factory=dict)
+    _admin: bytes | None = None
+
+    def render_admin(self) -> bytes:
+        """The bytes for the admin console: each held or sold seat with its order (encoded once)."""
+        if self._admin is None:
+            changes: dict[str, SeatView] = {
+                seat: AdminSeatView(view.status, view.expires_at, order_id=self.owners[seat])
+                if seat in self.owners else view
+                for seat, view in self.event.changes.items()
+            }
+            event = msgspec.structs.replace(self.event, changes=changes)
+            self._admin = sse_frame("seats", self.id, _encode(event))
+        return self._admin
 
     def render(self, mine: str | None) -> bytes:
         """The bytes for a stream watching as order ``mine`` (encoded once per such order)."""
@@ -76,6 +90,10 @@ class SnapshotFrame:
             return self.public
         return sse_frame("snapshot", self.id, _encode(self.snapshot.view(mine)))
 
+    def render_admin(self) -> bytes:
+        """The map with each held or sold seat's order, for the admin console."""
+        return sse_frame("snapshot", self.id, self.snapshot.encoded_admin())
+
 
 Frame = SeatsFrame | SnapshotFrame
 
@@ -89,7 +107,7 @@ class UnknownSeat(Exception):
 
 @dataclass(slots=True, eq=False)
 class OwnedSeat:
-    """A held or sold seat: its raw Redis value, hold deadline (None when sold), hash fragment."""
+    """A held, sold or blocked seat: its raw Redis value, hold deadline (None unless held), hash fragment."""
 
     value: str
     deadline: int | None
@@ -98,9 +116,9 @@ class OwnedSeat:
 
 @dataclass(slots=True, eq=False)
 class Mirror:
-    """A flight's held and sold seats as of ``version``, kept ready for hashing.
+    """A flight's held, sold and blocked seats as of ``version``, kept ready for hashing.
 
-    The map's hash covers every held or sold seat in layout order, so the mirror keeps their
+    The map's hash covers every held, sold or blocked seat in layout order, so the mirror keeps their
     layout positions sorted and each seat's hash fragment cached: a version costs a join of
     fragments, not a sort and a format of every seat (a 100,000-seat map stays cheap).
     """
@@ -129,7 +147,7 @@ class Mirror:
                 continue
             kind, _, rest = value.partition("|")
             deadline = int(rest.rpartition("|")[2]) if kind == "H" else None
-            if kind == "C" or (deadline is not None and deadline > now_ms):
+            if kind in ("C", "B") or (deadline is not None and deadline > now_ms):
                 mirror.owned[position] = OwnedSeat(value, deadline, seat_fragment(seat_id, value))
                 mirror.order.append(position)
         return mirror
@@ -184,6 +202,9 @@ class Mirror:
             elif change.status == "confirmed" and change.o:
                 self._set(seat, f"C|{change.o}", None)
                 changes[seat], owners[seat] = _CONFIRMED, change.o
+            elif change.status == "blocked":
+                self._set(seat, BLOCKED_VALUE, None)
+                changes[seat] = _BLOCKED
             else:
                 self._set(seat, None, None)
                 changes[seat] = _AVAILABLE

@@ -172,6 +172,7 @@ function isMine(id, seat) {
 function displayState(id) {
   const seat = state.seats.get(id) || { status: 'available' };
   if (seat.status === 'available') return state.selection.has(id) ? 'selected' : 'available';
+  if (seat.status === 'blocked') return 'blocked'; // an operator took it off sale: nobody's, not clickable
   const mine = isMine(id, seat);
   if (seat.status === 'confirmed') return mine ? 'confirmed-mine' : 'confirmed-other';
   if (mine === null) return 'selected'; // never flash "held by others" for our own pending hold
@@ -208,7 +209,9 @@ function dropTakenFromSelection(ids) {
     if (!seat || seat.status === 'available') state.release.delete(id); // a dropped seat, now released
   }
   if (taken.length) {
-    setMessage(`${seatList(taken)} ${taken.length === 1 ? 'was' : 'were'} just taken by someone else and left your selection.`);
+    const blocked = taken.every((id) => state.seats.get(id)?.status === 'blocked');
+    const why = blocked ? 'just taken off sale' : 'just taken by someone else';
+    setMessage(`${seatList(taken)} ${taken.length === 1 ? 'was' : 'were'} ${why} and left your selection.`);
   }
 }
 
@@ -583,18 +586,21 @@ async function orderSeats() {
 function showConflicts(conflicts) {
   const held = [];
   const sold = [];
+  const blocked = [];
   for (const { seat, status } of conflicts) {
     state.selection.delete(seat);
     state.conflicts.add(seat);
-    (status === 'confirmed' ? sold : held).push(seat);
+    ({ confirmed: sold, blocked }[status] || held).push(seat);
     const known = state.seats.get(seat);
     if (!known || known.status === 'available') {
-      state.seats.set(seat, { status: status === 'confirmed' ? 'confirmed' : 'held', expiresAt: null, mine: false });
+      const shown = status === 'confirmed' || status === 'blocked' ? status : 'held';
+      state.seats.set(seat, { status: shown, expiresAt: null, mine: false });
     }
   }
   const parts = [];
   if (held.length) parts.push(`${seatList(held)} ${held.length === 1 ? 'is' : 'are'} held by someone else`);
   if (sold.length) parts.push(`${seatList(sold)} ${sold.length === 1 ? 'is' : 'are'} already sold`);
+  if (blocked.length) parts.push(`${seatList(blocked)} ${blocked.length === 1 ? 'is' : 'are'} not for sale`);
   const rest = state.selection.size ? ' Your other seats are still selected — order again to hold them.' : '';
   setMessage(`Not ordered: ${parts.join('; ')}. Nothing was changed.${rest}`, 'error');
   paintSeats(conflicts.map((c) => c.seat));

@@ -7,6 +7,9 @@ const LABELS = {
   'held-other': 'held by someone else',
   'confirmed-mine': 'you confirmed',
   'confirmed-other': 'sold to someone else',
+  blocked: 'not for sale',
+  held: 'held',
+  confirmed: 'sold',
 };
 
 /** Where the aisle goes: in the middle of a row of 4 or more columns. */
@@ -113,20 +116,28 @@ export class SeatGrid {
     return [...ids].sort((a, b) => (this.index.get(a) ?? 0) - (this.index.get(b) ?? 0));
   }
 
-  /** Set one seat's display state and marks (`release`: to be dropped, `conflict`: just taken). */
-  paint(id, state, { release = false, conflict = false } = {}) {
+  /**
+   * Set one seat's display state and marks (`release`: to be dropped, `conflict`: just taken, `selected`:
+   * picked in the admin console); `note` (admin console: order and countdown) is shown under the seat id.
+   */
+  paint(id, state, { release = false, conflict = false, selected = false, note = '', clickable = null } = {}) {
     const button = this.buttons.get(id);
     if (!button) return;
-    const key = `${state}|${release}|${conflict}`;
+    const key = `${state}|${release}|${conflict}|${selected}|${note}`;
     if (this.painted.get(id) === key) return; // a 50,000-seat arena repaints only what changed
     this.painted.set(id, key);
     if (button.dataset.state !== state) button.dataset.state = state;
-    const clickable = state === 'available' || state === 'selected' || state === 'held-mine';
-    button.setAttribute('aria-disabled', clickable ? 'false' : 'true');
-    button.setAttribute('aria-pressed', state === 'selected' || (state === 'held-mine' && !release) ? 'true' : 'false');
+    const canClick = clickable ?? (state === 'available' || state === 'selected' || state === 'held-mine');
+    button.setAttribute('aria-disabled', canClick ? 'false' : 'true');
+    const pressed = selected || state === 'selected' || (state === 'held-mine' && !release);
+    button.setAttribute('aria-pressed', pressed ? 'true' : 'false');
     toggleAttr(button, 'data-release', release);
     toggleAttr(button, 'data-conflict', conflict);
+    toggleAttr(button, 'data-picked', selected);
+    if (note) button.dataset.note = note;
+    else if (button.dataset.note !== undefined) delete button.dataset.note;
     let label = `Seat ${id}, ${LABELS[state]}`;
+    if (note) label += `, ${note}`;
     if (release) label += ', will be released';
     if (conflict) label += ', just taken';
     if (button.getAttribute('aria-label') !== label) {

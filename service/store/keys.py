@@ -25,6 +25,12 @@ key                                type    contents
                                            value = order id), for the caps
 ``seats:{F}:idempotency:{sha256}`` string  an Idempotency-Key's record (JSON): pending, or the
                                            first response; sha256 of subject, method, path, key
+``seats:{F}:history:seat:{seatId}`` stream one seat's history (spec §13): an entry per change,
+                                           fields h '<at>|<version>|<cause>|<order>', s
+                                           '<seat>:<from>:<to>:<deadline>', r reason (lua/_lib.lua
+                                           record_history); trimmed by time, TTL the retention
+``seats:{F}:history:order:{id}``   stream  one order's history: an entry per script, s listing
+                                           every seat it changed (comma-separated)
 ``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
 ``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
 {paymentId}:{n}``                          key: outcome (success | declined | void), message,
@@ -91,6 +97,16 @@ def subject(flight_id: str, subject_id: str) -> str:
 def idempotency(flight_id: str, scope: str) -> str:
     """An Idempotency-Key record (``scope``: sha256 hex of subject, method, path and key; empty: none)."""
     return f"seats:{{{flight_id}}}:idempotency:{scope}"
+
+
+def history_seat(flight_id: str, seat_id: str) -> str:
+    """One seat's history stream (lua/_lib.lua history_key derives the same name from the flight key)."""
+    return f"seats:{{{flight_id}}}:history:seat:{seat_id}"
+
+
+def history_order(flight_id: str, order_id: str) -> str:
+    """One order's history stream (an entry per script with its seats, lua/_lib.lua history_key)."""
+    return f"seats:{{{flight_id}}}:history:order:{order_id}"
 
 
 def streams(subject_id: str) -> str:

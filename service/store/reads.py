@@ -153,6 +153,12 @@ class Reads:
         key = keys.order_flight(order_id)
         await self._call(key, "SET", key, flight_id, "PX", ttl_ms)
 
+    async def keep_order_index_until(self, order_id: str, at_ms: int) -> None:
+        """Make the order → flight index entry last at least until ``at_ms`` (epoch ms; never shortened):
+        an operator's extension past the hold cap makes an order outlive the TTL its index got."""
+        key = keys.order_flight(order_id)
+        await self._call(key, "PEXPIREAT", key, at_ms, "GT")
+
     async def release_order_id(self, order_id: str) -> None:
         """Forget a claimed order id (its order was never created)."""
         await self._call(keys.order_flight(order_id), "DEL", keys.order_flight(order_id))

@@ -33,6 +33,10 @@ SCRIPT_NAMES = (
     "gateway_charge",
     "gateway_lookup",
     "gateway_refund",
+    "admin_release",
+    "admin_extend",
+    "block_seats",
+    "history_page",
 )
 
 def load_sources() -> dict[str, str]:
