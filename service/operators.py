@@ -127,18 +127,14 @@ class Operators:
     async def order_history(self, order_id: str, token: str | None, limit: int | None,
                             cursor: str | None) -> HistoryPage:
         """One page of an order's history, newest first. ``token``: the caller's bearer unless it is the
-        admin token (None). With the admin token an unknown order is OrderNotFound (404); any other
-        bearer that is not the order's own token is Forbidden (403), whether or not the order exists,
-        so order ids cannot be probed (spec §13). Raises ValidationFailed (limit, cursor)."""
+        admin token (None). Raises OrderNotFound (404) for an unknown order and for any bearer that is
+        neither the admin token nor the order's own token, the same answer either way, so order ids
+        cannot be probed (issue 12, as every other order endpoint; spec §13 said 403, the issue won).
+        Raises ValidationFailed (limit, cursor)."""
         page = check_page(limit, cursor)
-        try:
-            flight_id = await self._orders.flight_of(order_id)
-        except errors.OrderNotFound:
-            if token is None:
-                raise
-            raise _forbidden() from None
+        flight_id = await self._orders.flight_of(order_id)
         if token is not None and not await self._orders.token_matches(flight_id, order_id, token):
-            raise _forbidden()
+            raise _not_found(order_id)
         return await self._history(keys.history_order(flight_id, order_id), *page)
 
     async def _history(self, stream: str, limit: int, start: str, shown: int) -> HistoryPage:
@@ -234,8 +230,9 @@ def _open_order(result: ScriptResult) -> Order:
     return result.order
 
 
-def _forbidden() -> errors.Forbidden:
-    return errors.Forbidden("An order's history needs the admin token or that order's own token.")
+def _not_found(order_id: str) -> errors.OrderNotFound:
+    shown = errors.echo(order_id)
+    return errors.OrderNotFound(f"Order {shown} does not exist.", {"orderId": shown})
 
 
 def _check_seat_list(seats: list[str]) -> None:

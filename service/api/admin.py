@@ -76,8 +76,8 @@ async def seat_history(flight_id: FromPath[str], seat_id: FromPath[str], service
 @get("/admin/orders/{order_id:str}/history", **route_doc("order_history"))
 async def order_history(order_id: FromPath[str], request: AnyRequest, services: ServicesDep,
                         limit: LimitQuery = None, cursor: CursorQuery = None) -> HistoryPage:
-    """An order's history, newest first. The admin token, or the order's own token; any other bearer is
-    403 whether or not the order exists; no bearer 401; with the admin token an unknown order is 404."""
+    """An order's history, newest first. The admin token, or the order's own token; any other bearer gets the
+    404 of an unknown order (no probing); no bearer 401."""
     token = bearer_token(request)
     if token is None:
         raise errors.Unauthorized("This request needs 'Authorization: Bearer <admin token or order token>'.")

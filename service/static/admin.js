@@ -85,7 +85,7 @@ async function call(method, path, body) {
   try {
     return await api(method, path, { token: state.token, body });
   } catch (error) {
-    if (error instanceof ApiError && (error.status === 401 || (error.status === 403 && !path.endsWith('/history')))) {
+    if (error instanceof ApiError && (error.status === 401 || error.status === 403)) {
       signOut('The admin token was refused; type it again.');
     }
     throw error;
