@@ -185,6 +185,12 @@ class LocalCluster:
             node.kill()
 
 
+def cluster_env(seeds: str, queue_url: str) -> dict[str, str]:
+    """The ``SEATS_*`` variables of a ``seats`` process on a cluster (``seeds``: its seed list); the payment
+    queue stays on the single Redis at ``queue_url`` (arq cannot use a cluster)."""
+    return {"SEATS_REDIS_CLUSTER": "true", "SEATS_REDIS_URL": seeds, "SEATS_QUEUE_REDIS_URL": queue_url}
+
+
 @contextlib.contextmanager
 def local_cluster() -> Iterator[LocalCluster]:
     """Start, join and settle a 6-node cluster; stop it afterwards."""

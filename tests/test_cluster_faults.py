@@ -24,7 +24,7 @@ import pytest
 
 from service.store import keys
 from service.store.transport import slot_of
-from tests.cluster import LocalCluster, local_cluster
+from tests.cluster import LocalCluster, cluster_env, local_cluster
 from tests.conftest import Processes
 from tests.sse import Watch, apply
 
@@ -40,17 +40,6 @@ TERMINAL = {"CONFIRMED", "FAILED", "EXPIRED", "CANCELLED"}
 # The refusals a buyer may meet, by kind of request: a seat someone else took first. Nothing else is a
 # right answer to these buyers (they only hold seats of their own live orders and pay them once).
 REFUSALS = {"hold": {(409, "seats_unavailable")}}
-
-
-def cluster_env(cluster: LocalCluster, queue_url: str) -> dict[str, str]:
-    """The environment of ``seats api`` / ``seats worker`` on ``cluster`` (the queue on a single Redis)."""
-    return {
-        "SEATS_REDIS_CLUSTER": "true",
-        "SEATS_REDIS_URL": cluster.url,
-        "SEATS_QUEUE_REDIS_URL": queue_url,
-        "SEATS_PAYMENT_LATENCY_SECONDS": "0.05",
-        "SEATS_PAYMENT_FAILURE_RATE": "0",
-    }
 
 
 @pytest.fixture
@@ -323,7 +312,7 @@ def last_hash(watch: Watch) -> Any:
 
 def start_service(processes: Processes, cluster: LocalCluster, queue_url: str) -> str:
     """One ``seats api`` and one ``seats worker`` on ``cluster``; the busy flight created; the API's URL."""
-    env = cluster_env(cluster, queue_url)
+    env = {**cluster_env(cluster.url, queue_url), "SEATS_PAYMENT_LATENCY_SECONDS": "0.05"}
     base = processes.api(env=env)
     processes.worker(env=env)
     with httpx.Client(base_url=base, timeout=10) as http:
