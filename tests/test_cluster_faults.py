@@ -192,6 +192,7 @@ async def run(base: str, cluster: LocalCluster, fault: Callable[[], None], *, be
         try:
             await asyncio.sleep(before)
             assert ledger.count("hold", 200) > 0, f"no hold went through before the fault: {ledger.statuses}"
+            await next_confirmation(ledger)  # strike right after a client saw one: the freshest must survive
             started = time.monotonic()
             await asyncio.to_thread(fault)
             ended = time.monotonic()
@@ -217,6 +218,15 @@ async def run(base: str, cluster: LocalCluster, fault: Callable[[], None], *, be
               f"{len(ledger.confirmed)} ({outcome.confirmed_after_fault} after it), snapshots per watcher "
               f"{outcome.watcher_snapshots}, answers {dict(ledger.statuses)}")
         return outcome
+
+
+async def next_confirmation(ledger: Ledger, timeout: float = 10.0) -> None:
+    """Until a client sees a confirmation it had not seen before."""
+    seen = len(ledger.confirmed)
+    deadline = time.monotonic() + timeout
+    while len(ledger.confirmed) == seen:
+        assert time.monotonic() < deadline, "no payment was confirmed"
+        await asyncio.sleep(0.005)
 
 
 def wait_subscribed_on_owner(cluster: LocalCluster, timeout: float = 10.0) -> None:
@@ -375,6 +385,7 @@ def test_slot_migrated_during_holds_with_watchers(processes: Processes, fresh_cl
 
     outcome = asyncio.run(run(base, fresh_cluster, migrate))
     assert fresh_cluster.primary_of_slot(slot) is target and moved[0] > 0
+    print(f"{moved[0]} keys migrated")
     assert outcome.confirmed_after_fault > 0, "nothing was confirmed after the slot moved"
 
 
