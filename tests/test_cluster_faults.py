@@ -26,6 +26,7 @@ from service.store import keys
 from service.store.transport import slot_of
 from tests.cluster import LocalCluster, cluster_env, local_cluster
 from tests.conftest import Processes
+from tests.helpers import auth
 from tests.sse import Watch, apply
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -98,9 +99,6 @@ async def send(http: httpx.AsyncClient, ledger: Ledger, kind: str, method: str, 
     ledger.record(kind, response)
     return response
 
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 # --- the buyers -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from tests.cluster import cluster_env
 from tests.conftest import Processes
+from tests.helpers import auth
 from tests.sse import Event, Watch, apply
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -30,9 +31,6 @@ def plane_env(plane: str, data_url: str, redis_url: str) -> dict[str, str]:
     """The environment that points ``seats`` processes at the test's data plane (the base env: a single Redis)."""
     return cluster_env(data_url, redis_url) if plane == "cluster" else {}
 
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def client(base: str) -> httpx.AsyncClient:

@@ -16,6 +16,7 @@ import pytest
 
 from service.live.broker import VERIFY_SECONDS
 from tests.conftest import LiveServer, RedisServer
+from tests.helpers import auth
 from tests.sse import Watch, apply
 
 FLIGHT = "FL-001"
@@ -26,9 +27,6 @@ def plane(request: pytest.FixtureRequest) -> str:
     """Both data planes (the cluster: the session's, which these tests do not hurt)."""
     return str(request.param)
 
-
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 def http_client(live: LiveServer) -> httpx.AsyncClient:
