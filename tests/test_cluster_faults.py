@@ -100,7 +100,6 @@ async def send(http: httpx.AsyncClient, ledger: Ledger, kind: str, method: str, 
     return response
 
 
-
 # --- the buyers -----------------------------------------------------------------------------------
 
 

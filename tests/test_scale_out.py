@@ -32,7 +32,6 @@ def plane_env(plane: str, data_url: str, redis_url: str) -> dict[str, str]:
     return cluster_env(data_url, redis_url) if plane == "cluster" else {}
 
 
-
 def client(base: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(10.0, read=None))
 

@@ -28,7 +28,6 @@ def plane(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-
 def http_client(live: LiveServer) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=live.base_url, timeout=httpx.Timeout(10.0, read=None))
 
