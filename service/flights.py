@@ -80,7 +80,7 @@ class FlightStore:
             self._configured[flight_id] = body
             await self._put(flight_id, body, mode="ensure")
 
-    async def _restore_if_configured(self, flight_id: str) -> bool:
+    async def restore_if_configured(self, flight_id: str) -> bool:
         """Recreate a configured flight that Redis lost (a restart without persistence)."""
         body = self._configured.get(flight_id)
         if body is None:
@@ -129,7 +129,7 @@ class FlightStore:
         if cached is not None and not refresh:
             return cached
         meta = await self._reads.flight(flight_id)
-        if not meta and await self._restore_if_configured(flight_id):
+        if not meta and await self.restore_if_configured(flight_id):
             meta = await self._reads.flight(flight_id)
         if not meta:
             raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
@@ -150,7 +150,7 @@ class FlightStore:
         self.clock.observe(now, sent)
         mine_ok = mine is not None and head.token_hash is not None and _same(head.token_hash, mine[1])
         if version is None or created_at is None:
-            if await self._restore_if_configured(flight_id):
+            if await self.restore_if_configured(flight_id):
                 return await self.snapshot(flight_id, mine)
             raise errors.FlightNotFound(f"Flight {flight_id} does not exist.", {"flightId": flight_id})
         if self._created.get(flight_id, created_at) != created_at:

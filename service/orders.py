@@ -295,7 +295,14 @@ class OrderStore:
         keyed = self._keyed(caller, flight_id, "POST", "/orders", 201)
 
         async def run() -> Written:
-            return await self._create(flight_id, order_id, caller, keyed)
+            try:
+                return await self._create(flight_id, order_id, caller, keyed)
+            except errors.FlightNotFound:
+                # Redis lost the flight since its layout was cached here (a restart without persistence):
+                # a configured flight is created again on first use, as the reads do.
+                if not await self._flights.restore_if_configured(flight_id):
+                    raise
+                return await self._create(flight_id, order_id, caller, keyed)
 
         written = await self._once(keyed, run)
         if written.replayed:

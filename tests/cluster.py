@@ -99,7 +99,10 @@ class LocalCluster:
 
     def primary_of(self, key: str) -> ClusterNode:
         """The node that serves ``key``'s slot now."""
-        slot = redis.crc.key_slot(key.encode())
+        return self.primary_of_slot(redis.crc.key_slot(key.encode()))
+
+    def primary_of_slot(self, slot: int) -> ClusterNode:
+        """The node that serves ``slot`` now."""
         for node in self.alive():
             for start, end, primary, *_ in node.client().execute_command("CLUSTER SLOTS"):
                 if start <= slot <= end:
@@ -116,6 +119,40 @@ class LocalCluster:
             if info.get("role") == "slave" and int(info.get("master_port", 0)) == primary.port:
                 return node
         raise AssertionError(f"no replica of {primary.port}")
+
+    def primaries(self) -> list[ClusterNode]:
+        """The live nodes that are primaries now."""
+        return [n for n in self.alive() if n.client().info("replication").get("role") == "master"]
+
+    def failover(self, replica: ClusterNode, timeout: float = 30.0) -> None:
+        """``CLUSTER FAILOVER`` on ``replica`` (graceful: its primary stops taking writes until the replica
+        has them all, then the two swap roles); returns once ``replica`` is a primary."""
+        client = replica.client()
+        client.execute_command("CLUSTER FAILOVER")
+        deadline = time.monotonic() + timeout
+        while client.info("replication").get("role") != "master":
+            assert time.monotonic() < deadline, f"{replica.port} did not take over"
+            time.sleep(0.05)
+
+    def migrate_slot(self, slot: int, target: ClusterNode, batch: int = 10, pause: float = 0.0) -> int:
+        """Move ``slot`` to primary ``target`` as ``redis-cli --cluster reshard`` does (Redis Cluster
+        specification, "Live reconfiguration"): SETSLOT IMPORTING/MIGRATING, MIGRATE its keys ``batch`` at
+        a time (``pause`` s between batches, so clients meet ASK/TRYAGAIN), then SETSLOT NODE on the
+        target, the source and every other primary. Returns how many keys moved."""
+        source = self.primary_of_slot(slot)
+        assert source is not target, "the slot is on the target already"
+        src, dst = source.client(), target.client()
+        source_id, target_id = src.execute_command("CLUSTER MYID"), dst.execute_command("CLUSTER MYID")
+        dst.execute_command("CLUSTER SETSLOT", slot, "IMPORTING", source_id)
+        src.execute_command("CLUSTER SETSLOT", slot, "MIGRATING", target_id)
+        moved = 0
+        while keys := src.execute_command("CLUSTER GETKEYSINSLOT", slot, batch):
+            src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            time.sleep(pause)
+        for node in [target, source, *[n for n in self.primaries() if n not in (target, source)]]:
+            node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
+        return moved
 
     def flush(self) -> None:
         """Empty every primary (replicas follow)."""
@@ -146,6 +183,12 @@ class LocalCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+def cluster_env(seeds: str, queue_url: str) -> dict[str, str]:
+    """The ``SEATS_*`` variables of a ``seats`` process on a cluster (``seeds``: its seed list); the payment
+    queue stays on the single Redis at ``queue_url`` (arq cannot use a cluster)."""
+    return {"SEATS_REDIS_CLUSTER": "true", "SEATS_REDIS_URL": seeds, "SEATS_QUEUE_REDIS_URL": queue_url}
 
 
 @contextlib.contextmanager

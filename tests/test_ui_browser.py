@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from service.store import keys
-from tests.conftest import Processes, wait_ready
+from tests.conftest import Processes, RedisServer, wait_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")
 Browser = sync_api.Browser
@@ -501,3 +501,42 @@ def test_flight_picker_and_direct_link(processes: Processes, windows: Any) -> No
     expect(a.field('[data-field="flight"]')).to_have_value("FL-001")
     text = httpx.get(f"{base}/").text
     assert "https://" not in text and "http://" not in text  # nothing from a CDN
+
+
+def test_page_left_open_across_an_empty_redis_restart_shows_the_new_lifetime(
+    processes: Processes, windows: Any, redis_server: RedisServer
+) -> None:
+    """A page open while Redis restarts empty takes the new lifetime's snapshot (a new epoch at a lower version)
+    and then shows exactly the seat map: the lost holds available again, the new ones held by others."""
+    base = start(processes)
+    a = windows(base).open()
+    with httpx.Client(base_url=base, timeout=5) as http:
+        order_id, token = api_order(base, ["1A"])
+        for count in range(2, 7):  # the first lifetime holds row 1 over six versions
+            held = http.post(f"/orders/{order_id}/seats", json={"seats": [f"1{c}" for c in "ABCDEF"[:count]]},
+                             headers={"Authorization": f"Bearer {token}"})
+            assert held.status_code == 200, held.text
+        a.expect_state("1F", "held-other")
+        before = http.get("/flights/FL-001/seats").json()["version"]
+
+        redis_server.restart()  # no persistence: the flight, its orders and versions are gone
+        deadline = time.monotonic() + 15
+        while (created := http.post("/orders", json={"flightId": "FL-001"})).status_code != 201:
+            assert time.monotonic() < deadline, created.text
+            time.sleep(0.1)
+        headers = {"Authorization": f"Bearer {created.json()['token']}"}
+        current = http.get("/flights/FL-001/seats").json()
+        while current["version"] <= before + 2:  # past the first lifetime's version, on other seats
+            seat = f"{current['version'] % 4 + 2}{'CD'[current['version'] % 2]}"
+            held = http.post(f"/orders/{created.json()['orderId']}/seats", json={"seats": [seat]}, headers=headers)
+            assert held.status_code == 200, held.text
+            current = http.get("/flights/FL-001/seats").json()
+
+    shown = {"available": "available", "held": "held-other", "confirmed": "confirmed-other"}
+    expected = {seat: shown[view["status"]] for seat, view in current["seats"].items()}
+    deadline = time.monotonic() + 10
+    while (states := a.states()) != expected:
+        wrong = {seat: (state, expected[seat]) for seat, state in states.items() if state != expected[seat]}
+        assert time.monotonic() < deadline, f"the page shows {len(wrong)} wrong seats (shown, right): {wrong}"
+        a.page.wait_for_timeout(100)
+    expect(a.field('[data-field="live-status"]')).to_have_text("live")

@@ -8,7 +8,7 @@ connection refused, reset, timed out, closed      ``StoreUnavailable`` (503); a 
 error reply ``LOADING``, ``BUSY``, ``OOM``,       ``StoreUnavailable``: Redis cannot take it *now*
 ``READONLY``, ``MASTERDOWN``, ``TRYAGAIN``,
 ``CLUSTERDOWN``
-error reply ``NOSCRIPT``                          handled by ``store.scripts`` (load, run again)
+error reply ``NOSCRIPT``                          handled by ``store.scripts`` (run again with EVAL)
 error reply ``MOVED`` / ``ASK``                   handled by ``store.transport`` (follow it)
 a script's ``redis.error_reply('CODE detail')``   ``Refusal`` (or its subclass of REFUSAL_CLASSES):
 with CODE in REFUSAL_CODES                        the domain maps it to a 4xx (``service.orders``)

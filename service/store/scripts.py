@@ -1,9 +1,9 @@
 """Loads the Lua scripts of ``lua/`` and calls them by SHA, routed by their first key.
 
 Each script is ``lua/_lib.lua`` followed by the script's own file (Redis has no ``require``).
-Scripts are loaded on every primary at start-up; a script missing from a node's cache (a restart,
-a failover, ``SCRIPT FLUSH``) is loaded on that node again and run once more, so callers never see
-the script cache. Replies and failures are translated by ``store.errors`` (refusals, 503s).
+Scripts are loaded on every primary at start-up; a script missing from the serving node's cache (a
+restart, a failover, ``SCRIPT FLUSH``) is run there once with ``EVAL`` (which caches it), so callers
+never see the script cache. Replies and failures are translated by ``store.errors`` (refusals, 503s).
 """
 
 from __future__ import annotations
@@ -67,9 +67,11 @@ class Scripts:
             except Exception as exc:
                 if code_of(str(exc)) != "NOSCRIPT":
                     raise
-            # The node's cache was flushed (a restart, a failover, SCRIPT FLUSH): load it there, run it once more.
-            await self._transport.call(route, "SCRIPT", "LOAD", self._sources[name])
-            return await self._transport.call(route, "EVALSHA", self._shas[name], len(keys), *keys, *args)
+            # The serving node lacks it: a restart, SCRIPT FLUSH, or a failover (Redis 7 does not replicate
+            # SCRIPT LOAD, so a promoted replica starts empty). EVAL is routed and redirected like EVALSHA, so
+            # the source reaches whichever node serves the slot (a keyless SCRIPT LOAD would follow a stale
+            # slot map to the old primary), runs once there and stays in its cache.
+            return await self._transport.call(route, "EVAL", self._sources[name], len(keys), *keys, *args)
 
     async def ensure_loaded(self) -> None:
         """Every script in every primary's cache (``SCRIPT EXISTS``); a primary missing one gets them all again."""
