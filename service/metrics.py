@@ -41,7 +41,8 @@ EXPIRY_LATENESS = Histogram(
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
 REPLICATION_WAITS = Counter("seats_replication_waits_total",
-                            "WAITs for replicas after a confirmation, by outcome (acknowledged, timeout)", ["outcome"])
+    "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)",
+                            ["outcome"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
 
@@ -80,9 +81,10 @@ def settlement(outcome: str) -> None:
     SETTLEMENTS.labels(outcome).inc()
 
 
-def replication_wait(acknowledged: bool) -> None:
-    """Count a WAIT after a confirmation: did enough replicas acknowledge it in time."""
-    REPLICATION_WAITS.labels("acknowledged" if acknowledged else "timeout").inc()
+def replication_wait(outcome: str) -> None:
+    """Count a WAIT after a confirmation: ``acknowledged`` (enough replicas in time), ``timeout`` (fewer),
+    ``skipped`` (the node fell short moments ago), ``failed`` (Redis did not answer)."""
+    REPLICATION_WAITS.labels(outcome).inc()
 
 
 def expiry(status: str, hold_expires_at: str | None, now: float) -> None:

@@ -206,7 +206,8 @@ async def replicate_confirmation(order_scripts: OrderScripts, settings: Settings
     """Wait until ``SEATS_REDIS_WAIT_REPLICAS`` replicas have the confirmation (spec §12) before the job
     reports it: replication is asynchronous, and a primary that dies right after the script could take
     an acknowledged sale with it. A WAIT that times out (or fails) is logged and counted; the
-    confirmation stands (the order is CONFIRMED in Redis whatever happens next).
+    confirmation stands (the order is CONFIRMED in Redis whatever happens next). After a shortfall the
+    node's WAITs are skipped for a few seconds (counted ``skipped``): see ``Reads.wait_for_replicas``.
     """
     wanted = settings.wait_replicas
     if wanted <= 0:
@@ -214,12 +215,17 @@ async def replicate_confirmation(order_scripts: OrderScripts, settings: Settings
     try:
         acknowledged = await order_scripts.reads.wait_for_replicas(flight_id, wanted, settings.redis_wait_timeout_ms)
     except errors.StoreUnavailable as exc:
-        acknowledged = -1
+        metrics.replication_wait("failed")
         log.warning("WAIT for replicas failed", extra={"orderId": order_id, "error": str(exc)})
-    metrics.replication_wait(acknowledged >= wanted)
-    if 0 <= acknowledged < wanted:
-        log.warning("a confirmation reached fewer replicas than asked within the timeout",
-                    extra={"orderId": order_id, "replicas": acknowledged, "wanted": wanted})
+        return
+    if acknowledged is None:
+        metrics.replication_wait("skipped")
+    elif acknowledged >= wanted:
+        metrics.replication_wait("acknowledged")
+    else:
+        metrics.replication_wait("timeout")
+        log.warning("a confirmation reached fewer replicas than asked within the timeout; WAITs to that node "
+                    "are skipped for a while", extra={"orderId": order_id, "replicas": acknowledged, "wanted": wanted})
 
 
 async def settle_payment(

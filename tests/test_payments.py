@@ -18,7 +18,7 @@ import redis.asyncio
 from service import errors
 from service.expiry import sweep_once
 from service.models import Order, PaymentsSummary
-from service.orders import OrderScripts, OrderStore
+from service.orders import TRUSTED, OrderScripts, OrderStore
 from service.payments import GatewayRecord, SimulatedGateway, attempt_key, process_payment, read_books, settle_payment
 from service.settings import Settings
 from service.store import keys
@@ -389,3 +389,31 @@ async def test_payment_extends_hold(make_rig: Callable[..., object]) -> None:
     assert order.hold_expires_at is not None
     ttl = await rig.redis.pttl(keys.seat("FL-001", "3A"))
     assert ttl > 10_000
+
+
+async def test_a_wait_that_fell_short_is_not_repeated_at_once(make_settings: Callable[..., Settings]) -> None:
+    """SEATS_REDIS_WAIT_REPLICAS=1 on a Redis without replicas: the first confirmation's WAIT runs to its
+    timeout (counted ``timeout``); the next one, moments later, sends no WAIT at all (counted ``skipped``,
+    and Redis's own command count shows a single WAIT), so a primary without its replica does not stall
+    the shared connection once per confirmation. Both orders are CONFIRMED either way."""
+    from service import metrics
+
+    settings = make_settings(redis_wait_replicas=1, redis_wait_timeout_ms=200, payment_failure_rate=0.0,
+                             payment_latency_seconds=0.0)
+    rig = await open_rig(settings)
+    outcomes = {name: metrics.REPLICATION_WAITS.labels(name) for name in ("timeout", "skipped", "acknowledged")}
+    before = {name: counter._value.get() for name, counter in outcomes.items()}
+    try:
+        await rig.redis.config_resetstat()
+        gateway = SimulatedGateway(rig.scripts, settings)
+        for order_id, seat in (("o-short-1", "2A"), ("o-short-2", "2B")):
+            created = await rig.orders.create("FL-001", order_id, CALLER)
+            await rig.orders.select_seats(order_id, created.token or "", [seat], CALLER)
+            await rig.order_scripts.run("begin_payment", "FL-001", order_id, TRUSTED, [f"p-{order_id}", 60_000])
+            assert await process_payment(rig.order_scripts, gateway, settings, "FL-001", order_id,
+                                         f"p-{order_id}") == "CONFIRMED"
+        counted = {name: counter._value.get() - before[name] for name, counter in outcomes.items()}
+        assert counted == {"timeout": 1, "skipped": 1, "acknowledged": 0}
+        assert (await rig.redis.info("commandstats"))["cmdstat_wait"]["calls"] == 1
+    finally:
+        await rig.close()

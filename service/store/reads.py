@@ -10,9 +10,10 @@ flight's ``{F}`` slot (Redis Cluster). Failures are translated by ``store.errors
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from service.store import keys
 from service.store.clock import redis_now_ms
@@ -21,6 +22,9 @@ from service.store.errors import mapped
 from service.store.transport import Transport
 
 HEAD_FIELDS = ("version", "layoutRev", "createdAt")
+# After a WAIT fell short on a node, WAITs to it are skipped this long: a node without its replicas
+# would make every WAIT run to its timeout, and a WAIT blocks the pipelined connection it is sent on.
+WAIT_COOLDOWN_SECONDS: Final = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,7 @@ class Reads:
 
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
+        self._short_until: dict[tuple[str, int], float] = {}  # node -> monotonic end of its WAIT cooldown
 
     async def _call(self, route: str, *args: str | int) -> Any:
         with mapped():
@@ -168,11 +173,27 @@ class Reads:
         value = await self._call(record_key, "SET", record_key, pending, "NX", "GET", "PX", lease_ms)
         return None if value is None else str(value)
 
-    async def wait_for_replicas(self, flight_id: str, replicas: int, timeout_ms: int) -> int:
-        """``WAIT`` on the connection that made the flight's last writes: how many replicas have them now
-        (Redis docs, WAIT: the writes of this connection so far; on the shared pipelined connection
-        that includes other callers' earlier writes, never fewer)."""
-        return int(await self._call(keys.flight(flight_id), "WAIT", replicas, timeout_ms))
+    async def wait_for_replicas(self, flight_id: str, replicas: int, timeout_ms: int) -> int | None:
+        """``WAIT replicas timeout_ms`` on the connection that made the flight's last writes: how many
+        replicas have them now (Redis docs, WAIT: the writes of this connection so far; on the shared
+        pipelined connection that includes other callers' earlier writes, never fewer).
+
+        None: skipped, because a WAIT on the same node fell short less than WAIT_COOLDOWN_SECONDS ago.
+        Redis blocks the whole connection for a WAIT, so a primary that lost its replica would stall
+        every command of this process to it for ``timeout_ms`` per confirmation; a skipped WAIT gives
+        up nothing a timed-out one would have given. Raises StoreUnavailable.
+        """
+        route = keys.flight(flight_id)
+        address = self._transport.address_for(route)
+        node = (address.host, address.port)
+        if self._short_until.get(node, 0.0) > time.monotonic():
+            return None
+        acknowledged = int(await self._call(route, "WAIT", replicas, timeout_ms))
+        if acknowledged < replicas:
+            self._short_until[node] = time.monotonic() + WAIT_COOLDOWN_SECONDS
+        else:
+            self._short_until.pop(node, None)
+        return acknowledged
 
     # -- the gateway, the nodes -------------------------------------------------------------------
 
