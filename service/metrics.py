@@ -40,9 +40,9 @@ EXPIRY_LATENESS = Histogram(
     "seats_expiry_lateness_seconds", "How long after its deadline the sweeper ended a hold",
     buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
 )
-REPLICATION_WAITS = Counter("seats_replication_waits_total",
-    "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)",
-                            ["outcome"])
+REPLICATION_WAITS = Counter(
+    "seats_replication_waits_total",
+    "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)", ["outcome"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
 
