@@ -11,7 +11,9 @@
 --   ARGV[4] order id   ARGV[5] sha256 of the order token, or '*' for trusted callers (the worker)
 --   ARGV[6] the order's seats as the caller last saw them (csv; a mismatch answers STALE <actual>)
 --   ARGV[7] how long a terminal order stays readable (ms)
---   ARGV[8..] the script's own arguments, then its LAST THREE (so the scripts' own numbering stays put):
+--   ARGV[8..] the script's own arguments, then its LAST FOUR (so the scripts' own numbering stays put):
+--   ARGV[#ARGV - 3] the webhook outbox: 'outbox|<max age ms>' when webhooks are configured, '' otherwise
+--     (see "webhooks" below; any other value, a hand-made call's, writes nothing)
 --   ARGV[#ARGV - 2] how long seat history is kept (ms, SEATS_HISTORY_SECONDS; see "history" below)
 --   ARGV[#ARGV - 1] controls 'rate|window ms|max held seats|max open orders|subject TTL ms'
 --     (rate 0: no limiter; a max of 0: no cap), or '' (the worker: no controls)
@@ -156,10 +158,45 @@ local function announce_seats(changes, now, cause, reason, order_id)
   return version
 end
 
--- Writes order fields, bumps the order's version and publishes an order event.
+-- ---- webhooks (spec section 13) ---------------------------------------------------------------
+-- An order that reaches a terminal state (CONFIRMED, FAILED, EXPIRED, CANCELLED) from an open one gets
+-- one event in the flight's outbox stream (service/store/keys.py outbox), written by save_order in the
+-- script that makes the change: a dead worker delays the webhook, never loses it. Only when the caller
+-- passes 'outbox|<max age ms>' (SEATS_WEBHOOK_URL set): otherwise not one extra command runs. The name
+-- is derived from KEYS[1], as the history's (same slot). The stream is made with its consumer group
+-- (service/store/outbox.py reads it through that group, acks and deletes each entry once its delivery
+-- job is queued); XADD's MINID ~ drops entries older than the max age (a webhook past it is abandoned
+-- anyway). Fields: id (the webhook-id, stable across retries: 'msg_<order>_<state>_<ms>'), type
+-- ('order.confirmed' ...), at (ms, TIME), o (the order's public fields as a JSON object).
+local OUTBOX_GROUP = 'relay'
+local EVENT_OF = {CONFIRMED = 'order.confirmed', FAILED = 'order.failed', EXPIRED = 'order.expired',
+                  CANCELLED = 'order.cancelled'}
+
+local function outbox_max_age()
+  local spec = ARGV[#ARGV - 3]
+  if type(spec) ~= 'string' then return nil end
+  return tonumber(string.match(spec, '^outbox|(%d+)$'))
+end
+
+local function write_outbox(state, public, now, max_age)
+  local stream = string.sub(KEYS[1], 1, -7) .. 'outbox'  -- 'seats:{F}:flight' -> 'seats:{F}:outbox'
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, OUTBOX_GROUP, '0', 'MKSTREAM')
+  end
+  local object = {}
+  for i = 1, #public, 2 do object[public[i]] = public[i + 1] end
+  redis.call('XADD', stream, 'MINID', '~', now - max_age, '*',
+             'id', 'msg_' .. ARGV[4] .. '_' .. string.lower(state) .. '_' .. now, 'type', EVENT_OF[state],
+             'at', now, 'o', cjson.encode(object))
+end
+
+-- Writes order fields, bumps the order's version and publishes an order event (and, when it ends the
+-- order and webhooks are on, its outbox entry).
 -- Returns the order's new version and the whole order hash as a flat list (for order_reply).
 local function save_order(fields, ttl_ms, now)
   now = now or now_ms()
+  local max_age = fields[1] == 'state' and EVENT_OF[fields[2]] and outbox_max_age()
+  if max_age and TERMINAL[redis.call('HGET', KEYS[4], 'state') or ''] then max_age = nil end
   local version = redis.call('HINCRBY', KEYS[4], 'version', 1)
   redis.call('HSET', KEYS[4], 'updatedAt', now, unpack(fields))
   if ttl_ms then redis.call('PEXPIRE', KEYS[4], ttl_ms) end
@@ -174,6 +211,7 @@ local function save_order(fields, ttl_ms, now)
     end
   end
   redis.call('SPUBLISH', ARGV[1], cjson.encode({t = 'order', f = ARGV[3], o = ARGV[4], v = version, d = public}))
+  if max_age then write_outbox(fields[2], public, now, max_age) end
   return version, flat
 end
 

@@ -4,7 +4,7 @@
 -- ARGV[8] the operator's reason   ARGV[9] the extension (ms)   ARGV[10] the cap on a hold from the
 -- order's first hold (ms, SEATS_MAX_HOLD_SECONDS)   ARGV[11] '1' to go beyond that cap   ARGV[12] how
 -- long the order outlives its deadline (ms; its hash's TTL is set to the deadline plus this)
--- ARGV[13..15] history retention, controls and idempotency (_lib.lua; the last two are '')
+-- ARGV[13..16] webhook outbox, history retention, controls and idempotency (_lib.lua; the last two are '')
 -- A SEATS_SELECTED or PAYING order's deadline moves to min(deadline + extension, first hold + cap) (no
 -- min with ARGV[11] '1'), on every seat, the deadline index and the order; each seat's new deadline is
 -- a history entry with cause 'admin' and the reason. A seat another order holds or bought, or an

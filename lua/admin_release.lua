@@ -2,7 +2,7 @@
 -- KEYS/ARGV[1..7]: the order-script convention of _lib.lua (ARGV[5] is '*'); KEYS[FIRST_SEAT..] the
 --   order's seat keys.
 -- ARGV[8] the operator's reason (recorded in the history, never shown to the customer)
--- ARGV[9..11] history retention, controls and idempotency (_lib.lua; the last two are '')
+-- ARGV[9..12] webhook outbox, history retention, controls and idempotency (_lib.lua; the last two are '')
 -- PENDING, SEATS_SELECTED and PAYING orders become CANCELLED and their seats are released and announced
 -- at once; a PAYING order owes a settlement (its charge, if any, is refunded: owe_settlement). A FAILED
 -- order that still keeps its seats until its deadline releases them and stays FAILED. Every change is

@@ -3,7 +3,7 @@
 -- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5] the order's subject, KEYS[6] the
 --   Idempotency-Key record, KEYS[FIRST_SEAT..] the order's seat keys.
 -- ARGV[8] payment id (also the arq job id)   ARGV[9] payment window: the holds last at least
--- this long from now (ms)   ARGV[10..12] history retention, controls and idempotency (_lib.lua)
+-- this long from now (ms)   ARGV[10..13] outbox, history retention, controls and idempotency (_lib.lua)
 -- A lapsed order is expired first. Every seat must still be this order's (a key that vanished, by
 -- data loss, is taken again): a seat another order holds or bought is never overwritten.
 -- Returns {'OK', order, flight version, rate} (state PAYING, paymentStatus trying), {'EXPIRED', order}

@@ -1,7 +1,7 @@
 -- cancel_order.lua: cancels an order and releases its seats at once.
 -- KEYS/ARGV[1..7]: the order-script convention of _lib.lua; KEYS[5] the order's subject, KEYS[6] the
 --   Idempotency-Key record, KEYS[FIRST_SEAT..] the order's seat keys.
--- ARGV[8..10] history retention, controls and idempotency (_lib.lua)
+-- ARGV[8..11] webhook outbox, history retention, controls and idempotency (_lib.lua)
 -- An order whose time already ran out is expired instead, as a read would show it (spec section 11).
 -- Returns {'OK', order, flight version, rate}, {'EXPIRED', order} or {'REPLAY', idempotency record}.
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,

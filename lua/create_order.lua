@@ -3,7 +3,7 @@
 --   the creating subject's hash, KEYS[6] the Idempotency-Key record.
 -- ARGV[8] payment attempts allowed   ARGV[9] TTL of a non-terminal order (ms)
 -- ARGV[10] the subject (e.g. 'a:203.0.113.7', 'b:buyer-42')   ARGV[11] how long the order may stay
---   PENDING (ms; then the sweeper expires it)   ARGV[12..14] history retention (unused),
+--   PENDING (ms; then the sweeper expires it)   ARGV[12..15] outbox (unused), history retention (unused),
 --   controls and idempotency (_lib.lua)
 -- Returns {'OK', order hash as a flat list, false, rate} or {'REPLAY', idempotency record}.
 -- Errors: FLIGHT_NOT_FOUND, IDEMPOTENCY_REUSED, ORDER_EXISTS, RATE_LIMITED <retry ms> <rate> <window ms>,

@@ -4,7 +4,7 @@
 --   seats that are not current.
 -- ARGV[8] hold duration (ms)   ARGV[9] max hold from the first hold (ms)
 -- ARGV[10] layout revision the seat ids were validated against   ARGV[11] order TTL (ms)
--- ARGV[12] the new selection (csv of seat ids, same order as their keys)   ARGV[13..15] history retention,
+-- ARGV[12] the new selection (csv of seat ids, same order as their keys)   ARGV[13..16] outbox, history retention,
 --   controls and idempotency (_lib.lua)
 -- All-or-nothing: either every new seat is held by this order until one new deadline (kept seats
 -- included) and dropped seats are released, or nothing changes. The seats the order's subject then

@@ -43,6 +43,13 @@ EXPIRY_LATENESS = Histogram(
 REPLICATION_WAITS = Counter(
     "seats_replication_waits_total",
     "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)", ["outcome"])
+WEBHOOK_ATTEMPTS = Counter(
+    "seats_webhook_attempts_total",
+    "Webhook delivery attempts by event type and outcome (delivered = 2xx; client_error = 4xx, server_error = "
+    "5xx, timeout and unreachable are retried; abandoned = past SEATS_WEBHOOK_MAX_AGE_SECONDS, not sent)",
+    ["type", "outcome"])
+WEBHOOKS_QUEUED = Counter("seats_webhooks_queued_total",
+                          "Outbox events handed to a delivery job by the worker's relay", ["type"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
 
@@ -56,6 +63,11 @@ def hold_accepted(order_version: int) -> None:
     _HOLD_ACCEPTED.inc()
     if order_version > 2:
         HOLD_SWAPS.inc()
+
+
+def webhook_attempt(event_type: str, outcome: str) -> None:
+    """Count one webhook delivery attempt (``service.webhooks``; outcomes in WEBHOOK_ATTEMPTS' help)."""
+    WEBHOOK_ATTEMPTS.labels(event_type, outcome).inc()
 
 
 def hold_refused() -> None:

@@ -152,6 +152,15 @@ class Order(Wire):
     updated_at: str
 
 
+class WebhookEvent(Wire):
+    """A webhook's body (spec §13): ``{"type": "order.confirmed", "timestamp": <ISO 8601, when the order
+    ended>, "data": <the order>}``, signed per Standard Webhooks (``service.webhooks``)."""
+
+    type: str
+    timestamp: str
+    data: Order
+
+
 class CreatedOrder(Order):
     """``POST /orders`` answer: the order plus its secret token (shown once)."""
 

@@ -33,6 +33,7 @@ from service.settings import Settings
 from service.store import Store, keys
 from service.store.connection import Arg
 from service.store.errors import OtherSubject, Refusal, StaleLayout, StaleView
+from service.store.outbox import outbox_spec
 from service.subjects import Subject
 
 ORDER_ID_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -182,6 +183,8 @@ class OrderScripts:
         self._retention_ms = int(settings.order_retention_seconds * 1000)
         self._idempotency_ms = int(settings.idempotency_seconds * 1000)
         self._history_ms = int(settings.history_seconds * 1000)
+        # lua/_lib.lua "webhooks": terminal orders go to the flight's outbox only when webhooks are on
+        self._outbox = outbox_spec(settings)
         self._keys_of: dict[str, tuple[tuple[str, str, str], str, str]] = {}
 
     def _flight_keys(self, flight_id: str) -> tuple[tuple[str, str, str], str, str]:
@@ -213,14 +216,16 @@ class OrderScripts:
         order's own; the order's own wins) was stale.
 
         ``controls`` and ``keyed`` are the limiter/caps and Idempotency-Key arguments of lua/_lib.lua
-        (empty for the worker's calls), after the history retention (SEATS_HISTORY_SECONDS, in ms).
+        (empty for the worker's calls), after the outbox spec (``store.outbox``) and the history retention
+        (SEATS_HISTORY_SECONDS, in ms).
         Raises Refusal for the script's refusals.
         """
         expected = self.seen_seats.get(order_id, "")
         subject = self.subject_of.get(order_id) or (subject_key() if subject_key else keys.subject(flight_id, ""))
         flight_keys, channel, seat_prefix = self._flight_keys(flight_id)
         record_key = keyed.record_key if keyed else keys.idempotency(flight_id, "")
-        tail: list[Arg] = [self._history_ms, controls, keyed.script_spec(self._idempotency_ms) if keyed else ""]
+        tail: list[Arg] = [self._outbox, self._history_ms, controls,
+                           keyed.script_spec(self._idempotency_ms) if keyed else ""]
         for _ in range(MAX_STALE_RETRIES):
             current = expected.split(",") if expected else []
             seat_ids = current + [s for s in new_seats if s not in current] if current else list(new_seats)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
+import urllib.parse
 from collections.abc import Mapping
 from typing import Literal
 
@@ -67,6 +70,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_lease_seconds: float = 30.0  # a key whose first request is still running answers 409 this long
     # Operators (spec §13): every seat change is kept in the flight's history this long
     history_seconds: float = 30 * 24 * 3600.0
+    # Webhooks (spec §13, Standard Webhooks): both set, or neither (then no outbox entry is written)
+    webhook_url: str | None = None  # where order.confirmed/failed/expired/cancelled are POSTed
+    webhook_secret: str | None = None  # 'whsec_' + base64 of the signing key
+    webhook_max_age_seconds: float = 24 * 3600.0  # an event not delivered by then is abandoned
+    webhook_timeout_seconds: float = 10.0  # one delivery attempt, connect to last byte
+    webhook_first_retry_seconds: float = 5.0  # backoff before the 2nd attempt; doubles, with full jitter
+    webhook_max_retry_seconds: float = 3600.0  # the longest wait between two attempts
+    webhook_relay_interval_seconds: float = 0.2  # how often a worker reads the flights' outboxes
+    webhook_claim_idle_seconds: float = 30.0  # an outbox entry read but not queued this long is taken over
 
     @property
     def write_limit(self) -> tuple[int, float] | None:
@@ -78,6 +90,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     redis_cluster: bool = False
     redis_wait_replicas: int | None = None  # WAIT after a confirmation: None = 1 in cluster mode, 0 standalone
     redis_wait_timeout_ms: int = 500
+
+    @property
+    def webhooks(self) -> bool:
+        """Whether order events are written to the outbox and delivered (SEATS_WEBHOOK_URL is set)."""
+        return bool(self.webhook_url and self.webhook_secret)
 
     @property
     def wait_replicas(self) -> int:
@@ -159,6 +176,14 @@ _ENV_NAMES: dict[str, str] = {
     "idempotency_seconds": "SEATS_IDEMPOTENCY_SECONDS",
     "idempotency_lease_seconds": "SEATS_IDEMPOTENCY_LEASE_SECONDS",
     "history_seconds": "SEATS_HISTORY_SECONDS",
+    "webhook_url": "SEATS_WEBHOOK_URL",
+    "webhook_secret": "SEATS_WEBHOOK_SECRET",
+    "webhook_max_age_seconds": "SEATS_WEBHOOK_MAX_AGE_SECONDS",
+    "webhook_timeout_seconds": "SEATS_WEBHOOK_TIMEOUT_SECONDS",
+    "webhook_first_retry_seconds": "SEATS_WEBHOOK_FIRST_RETRY_SECONDS",
+    "webhook_max_retry_seconds": "SEATS_WEBHOOK_MAX_RETRY_SECONDS",
+    "webhook_relay_interval_seconds": "SEATS_WEBHOOK_RELAY_INTERVAL_SECONDS",
+    "webhook_claim_idle_seconds": "SEATS_WEBHOOK_CLAIM_IDLE_SECONDS",
     "order_claim_seconds": "SEATS_ORDER_CLAIM_SECONDS",
     "eviction_check_seconds": "SEATS_EVICTION_CHECK_SECONDS",
     "redis_cluster": "SEATS_REDIS_CLUSTER",
@@ -214,6 +239,7 @@ def _check_ranges(settings: Settings) -> None:
     if settings.history_seconds < 1:
         raise SettingsError("SEATS_HISTORY_SECONDS must be at least 1")
     _check_controls(settings)
+    _check_webhooks(settings)
 
 
 def parse_rate(value: str) -> tuple[int, float] | None:
@@ -259,3 +285,35 @@ def _check_http_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_HTTP_HEAD_TIMEOUT_SECONDS and SEATS_HTTP_KEEPALIVE_SECONDS must be positive")
     if settings.http_max_connections < 1:
         raise SettingsError("SEATS_HTTP_MAX_CONNECTIONS must be at least 1")
+
+
+def webhook_key(secret: str) -> bytes:
+    """The signing key of a ``whsec_<base64>`` secret (Standard Webhooks, "Signature scheme").
+
+    Raises SettingsError naming SEATS_WEBHOOK_SECRET (never echoing it) when it is not that shape.
+    """
+    prefix, _, encoded = secret.partition("_")
+    try:
+        key = base64.b64decode(encoded, validate=True) if prefix == "whsec" else b""
+    except binascii.Error:
+        key = b""
+    if len(key) < 16:
+        raise SettingsError("SEATS_WEBHOOK_SECRET must be 'whsec_' followed by the base64 of a key of "
+                            "at least 16 bytes (Standard Webhooks)")
+    return key
+
+
+def _check_webhooks(settings: Settings) -> None:
+    if bool(settings.webhook_url) != bool(settings.webhook_secret):
+        raise SettingsError("SEATS_WEBHOOK_URL and SEATS_WEBHOOK_SECRET are set together, or neither")
+    if settings.webhook_url:
+        scheme = urllib.parse.urlsplit(settings.webhook_url).scheme
+        if scheme not in {"http", "https"} or not urllib.parse.urlsplit(settings.webhook_url).netloc:
+            raise SettingsError("SEATS_WEBHOOK_URL must be an http:// or https:// URL")
+    if settings.webhook_secret:
+        webhook_key(settings.webhook_secret)
+    durations = (settings.webhook_max_age_seconds, settings.webhook_timeout_seconds,
+                 settings.webhook_first_retry_seconds, settings.webhook_max_retry_seconds,
+                 settings.webhook_relay_interval_seconds, settings.webhook_claim_idle_seconds)
+    if min(durations) <= 0 or settings.webhook_max_retry_seconds < settings.webhook_first_retry_seconds:
+        raise SettingsError("SEATS_WEBHOOK_*_SECONDS must be positive, the max retry at least the first")

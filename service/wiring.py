@@ -4,15 +4,15 @@
   the domain needs; :class:`Domain` closes it.
 - :func:`open_api` — the domain plus the payment queue, the eviction policy check, the event broker
   and the stream cap: what ``create_app``'s lifespan holds (:class:`Services`).
-- :func:`open_worker` — the domain plus the simulated gateway and the expiry sweeper: what an arq
-  worker's context holds (:class:`WorkerServices`).
+- :func:`open_worker` — the domain plus the simulated gateway, the expiry sweeper and, with webhooks
+  configured, the outbox relay and the webhook deliverer: what an arq worker's context holds
+  (:class:`WorkerServices`).
 Nothing here is global: each call builds its own objects and ``close()`` releases them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,6 +35,7 @@ from service.payments import SimulatedGateway, settle_payment
 from service.settings import Settings
 from service.store import Store, open_store
 from service.subjects import TrustedProxies
+from service.webhooks import WEBHOOK_JOB, Deliverer, run_relay, stop
 
 log = logging.getLogger("seats.wiring")
 
@@ -170,13 +171,15 @@ class WorkerServices(Domain):
     gateway: SimulatedGateway | None = None
     settle: Callable[[str, str], Awaitable[str]] | None = None
     sweeper: asyncio.Task[None] | None = None
+    relay: asyncio.Task[None] | None = None  # outbox -> delivery jobs (webhooks configured and a queue)
+    deliverer: Deliverer | None = None  # webhooks configured
 
     async def close(self) -> None:
-        """Stop the sweeper, then close the store."""
-        if self.sweeper is not None:
-            self.sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sweeper
+        """Stop the sweeper and the relay, then close the webhook client and the store."""
+        await stop(self.sweeper)
+        await stop(self.relay)
+        if self.deliverer is not None:
+            await self.deliverer.aclose()
         await super().close()
 
 
@@ -193,7 +196,23 @@ async def open_worker(settings: Settings, *, sweep: bool = True, queue: ArqRedis
             recover = functools.partial(recover_payments, domain.order_scripts, job_enqueuer(queue))
         services.sweeper = asyncio.create_task(
             run_sweeper(domain.order_scripts, settings.sweep_interval_seconds, settle, recover), name="expiry sweeper")
+    if settings.webhooks:
+        services.deliverer = Deliverer(settings)
+        if queue is not None:
+            services.relay = asyncio.create_task(
+                run_relay(domain.store.outbox, webhook_enqueuer(queue), settings), name="webhook relay")
     return services
+
+
+def webhook_enqueuer(queue: ArqRedis) -> Callable[[str, str, str, int], Awaitable[bool]]:
+    """Queue one delivery job per event, job id = its ``webhook-id`` (a duplicate is refused by arq while
+    the job or its result is kept): True when it was queued anew."""
+
+    async def enqueue(webhook_id: str, event_type: str, body: str, at_ms: int) -> bool:
+        job = await queue.enqueue_job(WEBHOOK_JOB, webhook_id, event_type, body, at_ms, _job_id=webhook_id)
+        return job is not None
+
+    return enqueue
 
 
 def job_enqueuer(queue: ArqRedis) -> Callable[[str, str, str], Awaitable[bool]]:

@@ -8,6 +8,7 @@ from arq import Retry
 
 from service.errors import StoreUnavailable
 from service.payments import process_payment as run_payment_attempts
+from service.webhooks import retry_delay
 from service.wiring import WorkerServices
 
 
@@ -25,3 +26,18 @@ async def process_payment(ctx: dict[str, Any], flight_id: str, order_id: str, pa
                                           order_id, payment_id)
     except StoreUnavailable as exc:
         raise Retry(defer=services.settings.payment_backoff_seconds) from exc
+
+
+async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, event_type: str, body: str, at_ms: int) -> str:
+    """POST one webhook event (job id = its ``webhook-id``; ``service.webhooks``): a 2xx, or an event past
+    its max age, ends the job; anything else is retried by arq after an exponential, jittered backoff,
+    with the same id and body (re-signed with the attempt's timestamp)."""
+    services: WorkerServices = ctx["services"]
+    assert services.deliverer is not None
+    attempt = await services.deliverer.attempt(webhook_id, event_type, body, at_ms)
+    if attempt.done:
+        return attempt.outcome
+    delay = retry_delay(int(ctx.get("job_try", 1)), services.settings)
+    if services.deliverer.expired(at_ms, delay):
+        return "given up"
+    raise Retry(defer=delay)

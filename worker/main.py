@@ -17,8 +17,9 @@ from prometheus_client import start_http_server
 from service.logs import configure_logging, redacted_url
 from service.process import freeze_startup_heap
 from service.settings import Settings, load_settings
+from service.webhooks import WEBHOOK_JOB, max_tries
 from service.wiring import open_worker, queue_settings
-from worker.jobs import process_payment
+from worker.jobs import deliver_webhook, process_payment
 
 
 def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
@@ -32,8 +33,13 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         if services is not None:
             await services.close()
 
+    functions = [func(process_payment, name="process_payment", timeout=settings.payment_job_timeout_seconds)]
+    if settings.webhooks:
+        # retried until the event's max age, not a count: max_tries only keeps arq from ending it sooner
+        functions.append(func(deliver_webhook, name=WEBHOOK_JOB, timeout=settings.webhook_timeout_seconds + 5,
+                              max_tries=max_tries(settings)))
     return Worker(
-        functions=[func(process_payment, name="process_payment", timeout=settings.payment_job_timeout_seconds)],
+        functions=functions,
         redis_settings=queue_settings(settings.queue_url),
         on_startup=startup,
         on_shutdown=shutdown,

@@ -6,6 +6,7 @@
 - ``scripts``: the Lua scripts of ``lua/``, called by SHA (every change of state is one of them);
 - ``reads``: the plain commands around them, named for what they mean;
 - ``subscription``: the process's lean pub/sub connection;
+- ``outbox``: the webhook outbox streams (read through a consumer group, acknowledged once queued);
 - ``clock``: Redis's ``TIME``, the service's one clock;
 - ``errors``: the one table that turns Redis's answers into the service's errors.
 
@@ -22,6 +23,7 @@ from redis.asyncio.connection import UnixDomainSocketConnection, parse_url
 from service.settings import Settings
 from service.store.clock import RedisClock
 from service.store.connection import MultiplexedRedis
+from service.store.outbox import Outbox
 from service.store.reads import Reads
 from service.store.scripts import Scripts
 from service.store.transport import ClusterTransport, StandaloneTransport, Transport, seed_urls
@@ -38,11 +40,13 @@ class Store:
     transport: Transport
     scripts: Scripts = field(init=False)
     reads: Reads = field(init=False)
+    outbox: Outbox = field(init=False)
     clock: RedisClock = field(default_factory=RedisClock)
 
     def __post_init__(self) -> None:
         self.scripts = Scripts(self.transport)
         self.reads = Reads(self.transport)
+        self.outbox = Outbox(self.transport)
 
     @property
     def cluster(self) -> bool:

@@ -31,6 +31,11 @@ key                                type    contents
                                            record_history); trimmed by time, TTL the retention
 ``seats:{F}:history:order:{id}``   stream  one order's history: an entry per script, s listing
                                            every seat it changed (comma-separated)
+``seats:{F}:outbox``               stream  webhook events of orders that ended (spec §13), written
+                                           by the script that ended them when webhooks are on:
+                                           fields id (webhook-id), type, at (ms), o (the order,
+                                           JSON); consumer group ``relay`` (store.outbox); an
+                                           entry is deleted once its delivery job is queued
 ``seats:streams:{<subject>}``      zset    a subject's open SSE streams (member -> lease, ms)
 ``seats:gateway:{gateway}:charge:  hash    the simulated gateway's record of one idempotency
 {paymentId}:{n}``                          key: outcome (success | declined | void), message,
@@ -107,6 +112,11 @@ def history_seat(flight_id: str, seat_id: str) -> str:
 def history_order(flight_id: str, order_id: str) -> str:
     """One order's history stream (an entry per script with its seats, lua/_lib.lua history_key)."""
     return f"seats:{{{flight_id}}}:history:order:{order_id}"
+
+
+def outbox(flight_id: str) -> str:
+    """The flight's webhook outbox stream (lua/_lib.lua write_outbox derives the same name)."""
+    return f"seats:{{{flight_id}}}:outbox"
 
 
 def streams(subject_id: str) -> str:
