@@ -22,6 +22,7 @@ from service.api.deps import services_from_state
 from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.openapi import components as openapi_components
+from service.api.request_id import RequestContext
 from service.metrics import RequestMetrics
 from service.settings import Settings, load_settings
 from service.wiring import open_api
@@ -40,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await services.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             *flight_routes.ROUTES, *order_routes.ROUTES, *health_routes.ROUTES,
             *admin_routes.ROUTES,
@@ -59,4 +60,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             render_plugins=[JsonRenderPlugin(), LocalDocsPlugin()],
         ),
         debug=False,
+        logging_config=None,  # service.logs configures logging; Litestar's default would replace its handler
     )
+    # around everything Litestar answers (404s and exception handlers' answers included)
+    app.asgi_handler = RequestContext(app.asgi_handler, access_log=settings.access_log)
+    return app

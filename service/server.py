@@ -23,6 +23,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from service.live.broker import broker_of
+from service.logs import logging_config
 from service.models import ErrorBody
 from service.settings import Settings
 
@@ -214,9 +215,9 @@ class DrainingServer(uvicorn.Server):
 def build_server(app: Litestar, settings: Settings) -> DrainingServer:
     """The server ``seats api`` runs, bounded by the ``SEATS_HTTP_*`` settings.
 
-    No access log (query strings may carry order tokens). ``limit_concurrency`` makes uvicorn
-    answer 503 to requests while ``SEATS_HTTP_MAX_CONNECTIONS`` connections (or requests) are
-    open; the protocol closes connections past it.
+    No uvicorn access log (query strings may carry order tokens): ``service.api.request_id`` logs paths.
+    ``limit_concurrency`` makes uvicorn answer 503 to requests while ``SEATS_HTTP_MAX_CONNECTIONS``
+    connections (or requests) are open; the protocol closes connections past it.
     """
     config = BoundedConfig(
         app,
@@ -226,8 +227,8 @@ def build_server(app: Litestar, settings: Settings) -> DrainingServer:
         timeout_graceful_shutdown=max(1, round(settings.graceful_shutdown_seconds)),  # uvicorn takes whole seconds
         timeout_keep_alive=settings.http_keepalive_seconds,  # typed int, used as call_later's delay: floats work
         limit_concurrency=settings.http_max_connections,
-        access_log=False,
-        log_config=None,
+        access_log=False,  # service.api.request_id writes one line per request, its path without the query
+        log_config=logging_config(),  # the one JSON format of service.logs, uvicorn's own loggers included
         # X-Forwarded-For is ours to judge (SEATS_TRUSTED_PROXIES, service.subjects): uvicorn's own
         # proxy_headers would believe it from 127.0.0.1 by default and rewrite the peer before we see it.
         proxy_headers=False,

@@ -70,6 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_lease_seconds: float = 30.0  # a key whose first request is still running answers 409 this long
     # Operators (spec §13): every seat change is kept in the flight's history this long
     history_seconds: float = 30 * 24 * 3600.0
+    access_log: bool = True  # one JSON line per HTTP request: method, path (no query), status, duration
     # Webhooks (spec §13, Standard Webhooks): both set, or neither (then no outbox entry is written)
     webhook_url: str | None = None  # where order.confirmed/failed/expired/cancelled are POSTed
     webhook_secret: str | None = None  # 'whsec_' + base64 of the signing key
@@ -176,6 +177,7 @@ _ENV_NAMES: dict[str, str] = {
     "idempotency_seconds": "SEATS_IDEMPOTENCY_SECONDS",
     "idempotency_lease_seconds": "SEATS_IDEMPOTENCY_LEASE_SECONDS",
     "history_seconds": "SEATS_HISTORY_SECONDS",
+    "access_log": "SEATS_ACCESS_LOG",
     "webhook_url": "SEATS_WEBHOOK_URL",
     "webhook_secret": "SEATS_WEBHOOK_SECRET",
     "webhook_max_age_seconds": "SEATS_WEBHOOK_MAX_AGE_SECONDS",

@@ -53,6 +53,8 @@ def test_start_up_reads_the_policy_and_logs_it(make_client: Callable[..., Any], 
     admin_redis.config_set("maxmemory-policy", "allkeys-lru")
     collect, logger = Collect(), logging.getLogger("seats.wiring")
     logger.addHandler(collect)
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as service.logs sets the root in every process (tests configure none)
     try:
         client = make_client()  # the reading is 5 s old at most: this one is from start-up
         assert client.get("/readyz").json()["failing"].keys() == {"maxmemory-policy"}
@@ -60,6 +62,7 @@ def test_start_up_reads_the_policy_and_logs_it(make_client: Callable[..., Any], 
         make_client()
     finally:
         logger.removeHandler(collect)
+        logger.setLevel(level)
     messages = [(r.levelname, r.getMessage()) for r in collect.records]
     assert any(level == "ERROR" and "maxmemory-policy allkeys-lru" in text for level, text in messages), messages
     assert any(level == "INFO" and "maxmemory-policy noeviction" in text for level, text in messages), messages
