@@ -45,8 +45,9 @@ REPLICATION_WAITS = Counter(
     "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)", ["outcome"])
 WEBHOOK_ATTEMPTS = Counter(
     "seats_webhook_attempts_total",
-    "Webhook delivery attempts by event type and outcome (delivered = 2xx; client_error = 4xx, server_error = "
-    "5xx, timeout and unreachable are retried; abandoned = past SEATS_WEBHOOK_MAX_AGE_SECONDS, not sent)",
+    "Webhook delivery attempts by event type and outcome (delivered = 2xx; redirect = 3xx, client_error = 4xx, "
+    "server_error = 5xx, timeout and unreachable are retried; abandoned = past SEATS_WEBHOOK_MAX_AGE_SECONDS, "
+    "not sent)",
     ["type", "outcome"])
 WEBHOOKS_QUEUED = Counter("seats_webhooks_queued_total",
                           "Outbox events handed to a delivery job by the worker's relay", ["type"])

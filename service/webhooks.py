@@ -118,7 +118,8 @@ class Deliverer:
         status = response.status_code
         if 200 <= status < 300:
             return Attempt("delivered", done=True, status=status)
-        return Attempt("client_error" if status < 500 else "server_error", done=False, status=status)
+        outcome = "redirect" if status < 400 else "client_error" if status < 500 else "server_error"
+        return Attempt(outcome, done=False, status=status)  # a redirect is not followed: the URL is configured
 
     def expired(self, at_ms: int, delay: float) -> bool:
         """Whether an event would be past its max age ``delay`` seconds from now (no point in retrying)."""

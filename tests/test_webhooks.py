@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from litestar.testing import TestClient
@@ -22,7 +23,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from service.settings import Settings, SettingsError, load_settings
 from service.store import keys
 from service.webhooks import retry_delay
-from tests.conftest import Processes
+from tests.conftest import Processes, free_port
 from tests.helpers import auth, hold, new_order
 
 SECRET = "whsec_" + base64.b64encode(b"a test key of 24 bytes!!").decode()
@@ -40,11 +41,13 @@ class Delivery:
 
 @dataclass
 class Receiver:
-    """A local HTTP receiver: records every POST; answers ``fail_first`` 503s per webhook-id, then 204."""
+    """A local HTTP receiver: records every POST; fails the first ``fail_first`` of each webhook-id (with
+    ``failure``: an HTTP status, or "timeout": no answer for 3 s), then answers 204."""
 
     url: str
     deliveries: list[Delivery] = field(default_factory=list)
     fail_first: int = 0
+    failure: int | str = 503
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def of_type(self, event_type: str) -> list[Delivery]:
@@ -72,7 +75,9 @@ def receiver() -> Iterator[Receiver]:
             with rec.lock:
                 rec.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body))
                 seen = sum(1 for d in rec.deliveries if d.headers["webhook-id"] == self.headers["webhook-id"])
-            self.send_response(503 if seen <= rec.fail_first else 204)
+            if seen <= rec.fail_first and rec.failure == "timeout":
+                time.sleep(3)
+            self.send_response(int(rec.failure) if seen <= rec.fail_first and rec.failure != "timeout" else 204)
             self.send_header("content-length", "0")
             self.end_headers()
 
@@ -160,13 +165,19 @@ class TestDelivery:
         body = verified(delivery)
         assert body["data"]["orderId"] == failed and body["data"]["state"] == "FAILED"
 
+    @pytest.mark.parametrize(("failure", "outcome"), [(503, "server_error"), (400, "client_error"),
+                                                      ("timeout", "timeout")])
     def test_a_failing_receiver_gets_the_same_id_until_it_answers_2xx(
-            self, make_client: Callable[..., TestClient[Any]], receiver: Receiver, processes: Processes) -> None:
-        """A receiver that answers 503 twice then 204 sees the same webhook-id and body three times, each
-        attempt signed (with its own timestamp), then no more."""
-        receiver.fail_first = 2
+            self, make_client: Callable[..., TestClient[Any]], receiver: Receiver, processes: Processes,
+            failure: int | str, outcome: str) -> None:
+        """A receiver that fails twice (a 5xx, a 4xx, or no answer within the timeout) then answers 204 sees the
+        same webhook-id and body three times, each attempt signed (with its own timestamp), then no more; the
+        worker's /metrics counts two failed attempts and one delivery."""
+        receiver.fail_first, receiver.failure = 2, failure
         client = make_client(webhook_url=receiver.url, webhook_secret=SECRET, **FAST)
-        processes.worker(env=worker_env(client.app.state.services.settings))
+        metrics_port = free_port()
+        processes.worker(env=worker_env(client.app.state.services.settings, SEATS_WEBHOOK_TIMEOUT_SECONDS="0.5",
+                                        SEATS_WORKER_METRICS_PORT=str(metrics_port)))
         order_id, token = new_order(client)
         hold(client, order_id, token, ["1B"])
         client.delete(f"/orders/{order_id}", headers=auth(token))
@@ -177,6 +188,9 @@ class TestDelivery:
         assert len({d.body for d in receiver.deliveries}) == 1
         for delivery in receiver.deliveries:
             assert verified(delivery)["type"] == "order.cancelled"
+        exposition = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert f'seats_webhook_attempts_total{{outcome="{outcome}",type="order.cancelled"}} 2.0' in exposition
+        assert 'seats_webhook_attempts_total{outcome="delivered",type="order.cancelled"} 1.0' in exposition
 
 
 def test_an_event_made_while_the_worker_is_down_is_delivered_when_it_starts(
