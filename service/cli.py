@@ -7,6 +7,7 @@ container image (``.dockerignore``), and the harness's own options are parsed by
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from service.logs import configure_logging
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _main(argv)
     except SettingsError as exc:
-        print(f"seats: {exc}", file=sys.stderr)
+        configure_logging()  # a JSON line like every other (the setting's name, never its value)
+        logging.getLogger("seats").error("seats: %s", exc)
         sys.exit(2)
 
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import sys
+import threading
 import urllib.parse
 from contextvars import ContextVar
+from types import TracebackType
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -84,8 +87,26 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
 
 
 def configure_logging(level: str = "INFO") -> None:
-    """Apply :func:`logging_config` to this process (idempotent)."""
+    """Apply :func:`logging_config` to this process (idempotent), and send what would otherwise reach stderr
+    as plain text through it too: uncaught exceptions (main thread and others) and ``warnings``."""
     logging.config.dictConfig(logging_config(level))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, traceback: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        return
+    logging.getLogger("seats").critical("uncaught exception: the process exits", exc_info=(kind, value, traceback))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None or issubclass(args.exc_type, SystemExit):
+        return
+    name = args.thread.name if args.thread else "?"
+    logging.getLogger("seats").critical("uncaught exception in thread %s", name,
+                                        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 def redacted_url(url: str) -> str:

@@ -12,6 +12,8 @@ import os
 import re
 import secrets
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ import pytest
 from service.api.request_id import RequestContext, well_formed
 from service.logs import JsonLines, RequestIdFilter
 from service.subjects import sign_pass
-from tests.conftest import Processes, free_port
+from tests.conftest import REPO, Processes, free_port
 
 
 def log_lines(processes: Processes) -> list[str]:
@@ -185,3 +187,19 @@ def test_a_full_run_logs_no_secret(processes: Processes) -> None:
     assert not re.search(rf"(?<![0-9]){code}(?![0-9])", text), "the payment code reached the logs"
     assert "?" not in "".join(str(line.get("path", "")) for line in lines)
     assert "token=" not in text and "key=" not in text
+
+
+def test_a_crash_and_a_refused_setting_are_json_lines_too() -> None:
+    """A worker whose Redis cannot be reached exits 1 with its traceback in a JSON line (uncaught
+    exceptions go through the log, not raw to stderr); a setting it cannot take is one JSON line, exit 2."""
+    env = {**os.environ, "SEATS_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    crashed = subprocess.run([sys.executable, "-m", "worker.main"], env=env, capture_output=True, text=True,
+                             timeout=60, cwd=REPO)
+    refused = subprocess.run([sys.executable, "-m", "service.cli", "api"], capture_output=True, text=True,
+                             timeout=60, cwd=REPO, env={**env, "SEATS_REDIS_CLUSTER": "true"})
+    assert (crashed.returncode, refused.returncode) == (1, 2)
+    for run in (crashed, refused):
+        lines = [json.loads(line) for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+        assert all(isinstance(line, dict) and "msg" in line for line in lines)
+    assert "ConnectionError" in json.loads(crashed.stderr.splitlines()[-1])["exc"]
+    assert "SEATS_QUEUE_REDIS_URL" in json.loads(refused.stderr.splitlines()[-1])["msg"]
