@@ -4,6 +4,7 @@ failing receiver gets the same id again; a worker that was down delivers what ha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -21,8 +22,8 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from service.settings import Settings, SettingsError, load_settings
-from service.store import keys
-from service.webhooks import retry_delay
+from service.store import keys, open_store
+from service.webhooks import Deliverer, relay_once, retry_delay
 from tests.conftest import Processes, free_port
 from tests.helpers import auth, hold, new_order
 
@@ -267,3 +268,55 @@ def test_retry_delays_double_with_jitter_up_to_the_cap() -> None:
     assert retry_delay(3, settings, lambda lo, hi: hi) == 20.0
     assert retry_delay(30, settings, lambda lo, hi: hi) == 3600.0
     assert retry_delay(30, settings, lambda lo, hi: lo) == 1800.0
+
+
+def test_an_event_a_dead_relay_read_but_never_queued_is_taken_over(
+        make_client: Callable[..., TestClient[Any]], make_settings: Callable[..., Settings]) -> None:
+    """A relay that read an entry and died before queueing it (its enqueue fails) leaves it pending in the
+    group; another consumer's pass with the claim takes it over and queues it, then the outbox is empty."""
+    client = make_client(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET)
+    order_id, token = new_order(client)
+    client.delete(f"/orders/{order_id}", headers=auth(token))
+
+    async def run() -> tuple[list[str], int, int]:
+        store = await open_store(make_settings(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET))
+        queued: list[str] = []
+
+        async def dies(webhook_id: str, event_type: str, body: str, at_ms: int) -> None:
+            raise ConnectionError("the queue went away")
+
+        async def enqueue(webhook_id: str, event_type: str, body: str, at_ms: int) -> None:
+            queued.append(webhook_id)
+
+        try:
+            with pytest.raises(ConnectionError):
+                await relay_once(store.outbox, dies, "dead-worker", None)
+            assert await relay_once(store.outbox, enqueue, "live-worker", None) == 0  # nothing new to read
+            taken = await relay_once(store.outbox, enqueue, "live-worker", 0)  # claims the idle entry
+            return queued, taken, await store.outbox.pending("FL-001")
+        finally:
+            await store.aclose()
+
+    queued, taken, left = asyncio.run(run())
+    assert taken == 1 and left == 0
+    assert len(queued) == 1 and queued[0].startswith(f"msg_{order_id}_cancelled_")
+
+
+def test_an_event_past_its_max_age_is_abandoned_unsent(receiver: Receiver, make_settings: Callable[..., Settings],
+                                                       ) -> None:
+    """A delivery job that runs after the event's max age sends nothing and ends (counted abandoned); a retry
+    that would land past it is not scheduled."""
+    settings = make_settings(webhook_url=receiver.url, webhook_secret=SECRET, webhook_max_age_seconds=60.0)
+
+    async def run() -> tuple[str, bool, bool]:
+        deliverer = Deliverer(settings)
+        try:
+            old = int(time.time() * 1000) - 61_000
+            attempt = await deliverer.attempt("msg_old", "order.expired", "{}", old)
+            fresh = int(time.time() * 1000)
+            return attempt.outcome, deliverer.expired(fresh, 30.0), deliverer.expired(fresh, 61.0)
+        finally:
+            await deliverer.aclose()
+
+    assert asyncio.run(run()) == ("abandoned", False, True)
+    assert receiver.deliveries == []
