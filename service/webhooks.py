@@ -121,9 +121,11 @@ class Deliverer:
         outcome = "redirect" if status < 400 else "client_error" if status < 500 else "server_error"
         return Attempt(outcome, done=False, status=status)  # a redirect is not followed: the URL is configured
 
-    def expired(self, at_ms: int, delay: float) -> bool:
-        """Whether an event would be past its max age ``delay`` seconds from now (no point in retrying)."""
-        return time.time() * 1000 + delay * 1000 - at_ms > self._max_age_ms
+    def retry_in(self, at_ms: int, delay: float) -> float | None:
+        """When to try again: ``delay`` seconds, shortened so the last try still lands within the event's max
+        age (1 s before it); None when no time is left."""
+        left = (self._max_age_ms - (time.time() * 1000 - at_ms)) / 1000 - 1
+        return min(delay, left) if left > 0 else None
 
     async def aclose(self) -> None:
         """Close the HTTP client."""

@@ -305,18 +305,20 @@ def test_an_event_a_dead_relay_read_but_never_queued_is_taken_over(
 def test_an_event_past_its_max_age_is_abandoned_unsent(receiver: Receiver, make_settings: Callable[..., Settings],
                                                        ) -> None:
     """A delivery job that runs after the event's max age sends nothing and ends (counted abandoned); a retry
-    that would land past it is not scheduled."""
+    that would land past it is brought forward to just before it, and none is scheduled once none fits."""
     settings = make_settings(webhook_url=receiver.url, webhook_secret=SECRET, webhook_max_age_seconds=60.0)
 
-    async def run() -> tuple[str, bool, bool]:
+    async def run() -> tuple[str, float | None, float | None, float | None]:
         deliverer = Deliverer(settings)
         try:
-            old = int(time.time() * 1000) - 61_000
-            attempt = await deliverer.attempt("msg_old", "order.expired", "{}", old)
-            fresh = int(time.time() * 1000)
-            return attempt.outcome, deliverer.expired(fresh, 30.0), deliverer.expired(fresh, 61.0)
+            now = int(time.time() * 1000)
+            attempt = await deliverer.attempt("msg_old", "order.expired", "{}", now - 61_000)
+            return (attempt.outcome, deliverer.retry_in(now, 30.0), deliverer.retry_in(now, 600.0),
+                    deliverer.retry_in(now - 59_500, 30.0))
         finally:
             await deliverer.aclose()
 
-    assert asyncio.run(run()) == ("abandoned", False, True)
+    outcome, soon, capped, none = asyncio.run(run())
+    assert (outcome, soon, none) == ("abandoned", 30.0, None)
+    assert capped is not None and 58.0 < capped <= 59.0
     assert receiver.deliveries == []

@@ -37,7 +37,7 @@ async def deliver_webhook(ctx: dict[str, Any], webhook_id: str, event_type: str,
     attempt = await services.deliverer.attempt(webhook_id, event_type, body, at_ms)
     if attempt.done:
         return attempt.outcome
-    delay = retry_delay(int(ctx.get("job_try", 1)), services.settings)
-    if services.deliverer.expired(at_ms, delay):
+    delay = services.deliverer.retry_in(at_ms, retry_delay(int(ctx.get("job_try", 1)), services.settings))
+    if delay is None:
         return "given up"
     raise Retry(defer=delay)
