@@ -75,6 +75,7 @@ def logging_config(level: str = "INFO") -> dict[str, Any]:
             "uvicorn": {"level": "INFO", "handlers": [], "propagate": True},
             "uvicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
             # its access log stays off (access_log=False): service.api.request_id logs requests, paths only
+            # (SEATS_ACCESS_LOG)
             "uvicorn.access": quiet,
             # arq logs two INFO lines per job (~5 % of the worker's CPU at 1,000 jobs/s); payments are
             # counted in /metrics instead. Its warnings and job errors still show.

@@ -51,7 +51,7 @@ def test_request_ids_are_returned_and_logged(processes: Processes) -> None:
     """A well-formed caller id is echoed and logged with the request's line; a malformed one (too long,
     a space, non-ASCII) is replaced by a fresh one; errors (404, 401, 400) carry the header too; uvicorn's
     start-up lines are JSON at INFO."""
-    base = processes.api()
+    base = processes.api({"SEATS_ACCESS_LOG": "true"})
     with httpx.Client(base_url=base) as http:
         kept = http.get("/flights", headers={"X-Request-Id": "caller-1.a_b:c"})
         assert kept.headers["x-request-id"] == "caller-1.a_b:c"
@@ -71,11 +71,19 @@ def test_request_ids_are_returned_and_logged(processes: Processes) -> None:
                for line in lines)
 
 
+def test_access_lines_are_off_by_default(processes: Processes) -> None:
+    """Without SEATS_ACCESS_LOG a request still gets its X-Request-Id but writes no line of its own."""
+    base = processes.api()
+    assert httpx.get(f"{base}/flights", headers={"X-Request-Id": "quiet-1"}).headers["x-request-id"] == "quiet-1"
+    processes.stop_all()
+    assert not [line for line in records(processes) if line["logger"] == "seats.access"]
+
+
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_sigterm_right_after_a_request_keeps_its_line(processes: Processes, attempt: int) -> None:
     """SIGTERM sent the moment a response arrives: the process exits and its request's line is in the log
     (Litestar's queue-backed default handler lost it 4 runs in 8)."""
-    base = processes.api()
+    base = processes.api({"SEATS_ACCESS_LOG": "true"})
     request_id = f"last-{attempt}-{secrets.token_hex(4)}"
     assert httpx.get(f"{base}/flights", headers={"X-Request-Id": request_id}).status_code == 200
     api = processes.started[0]
@@ -115,7 +123,7 @@ def test_an_error_line_carries_its_exception_and_the_request_id() -> None:
     scope = {"type": "http", "method": "GET", "path": "/x", "query_string": b"token=SECRET",
              "headers": [(b"x-request-id", b"req-7")]}
     try:
-        asyncio.run(RequestContext(broken)(scope, receive, send))  # type: ignore[arg-type]
+        asyncio.run(RequestContext(broken, access_log=True)(scope, receive, send))  # type: ignore[arg-type]
     finally:
         access.removeHandler(handler)
     assert sent[0]["status"] == 500 and (b"x-request-id", b"req-7") in sent[0]["headers"]
@@ -146,7 +154,7 @@ def test_a_full_run_logs_no_secret(processes: Processes) -> None:
     env = {"SEATS_ADMIN_TOKEN": admin_token, "SEATS_BUYER_SECRET": buyer_secret,
            "SEATS_WEBHOOK_URL": f"http://127.0.0.1:{free_port()}/hooks?key={receiver_key}",
            "SEATS_WEBHOOK_SECRET": webhook_secret, "SEATS_WEBHOOK_FIRST_RETRY_SECONDS": "0.2",
-           "SEATS_WEBHOOK_RELAY_INTERVAL_SECONDS": "0.05"}
+           "SEATS_WEBHOOK_RELAY_INTERVAL_SECONDS": "0.05", "SEATS_ACCESS_LOG": "true"}
     base = processes.api(env)
     processes.worker(env)
     buyer_pass = sign_pass(buyer_secret, "buyer-77", int(time.time()) + 600)

@@ -6,7 +6,7 @@
 (1-128 characters of ``A-Z a-z 0-9 . _ : -``: it is echoed in a header and written to logs), otherwise a
 new one (32 hex digits) is made. The id lives in ``service.logs.REQUEST_ID`` for the request's task.
 
-The access line (``msg`` ``request``; ``SEATS_ACCESS_LOG``) has ``method``, ``path`` (never the query
+The access line (``msg`` ``request``; only with ``SEATS_ACCESS_LOG=true``) has ``method``, ``path`` (never the query
 string: SSE streams carry tokens there), ``status`` and ``durationMs``; it is written when the response
 ends (a stream's when the stream ends).
 """
@@ -49,7 +49,7 @@ def request_id_of(scope: Scope) -> str:
 class RequestContext:
     """ASGI wrapper: the request id (header, log context) and the access line (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = False) -> None:
         self._app = app
         self._access_log = access_log
 
