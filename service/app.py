@@ -22,6 +22,7 @@ from service.api.deps import services_from_state
 from service.api.docs import LocalDocsPlugin
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.openapi import components as openapi_components
+from service.api.openapi import webhooks as openapi_webhooks
 from service.api.request_id import RequestContext
 from service.metrics import RequestMetrics
 from service.settings import Settings, load_settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         cors_config=CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None,
         openapi_config=OpenAPIConfig(
             title="seats", version="0.1.0", path="/schema", components=openapi_components(),
+            webhooks=openapi_webhooks(),
             render_plugins=[JsonRenderPlugin(), LocalDocsPlugin()],
         ),
         debug=False,

@@ -104,6 +104,15 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
+def check_documented(client: TestClient[Any], body: dict[str, Any]) -> None:
+    """``body`` matches the OpenAPI document's ``webhooks`` entry for its type (the Order schema included)."""
+    import jsonschema_rs  # schemathesis's validator (a test dependency)
+
+    doc = client.get("/schema/openapi.json").json()
+    schema = doc["webhooks"][body["type"]]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    jsonschema_rs.validator_for({**schema, "components": doc["components"]}).validate(body)
+
+
 def verified(delivery: Delivery) -> dict[str, Any]:
     """The body, verified with the Standard Webhooks library's own check (raises if the signature is wrong)."""
     body: dict[str, Any] = Webhook(SECRET).verify(delivery.body, delivery.headers)
@@ -120,7 +129,8 @@ class TestDelivery:
             self, make_client: Callable[..., TestClient[Any]], receiver: Receiver, processes: Processes) -> None:
         """order.confirmed, order.cancelled (by the customer and by an operator's release), order.expired and
         order.failed each reach the receiver with a signature the library verifies, the body
-        {type, timestamp, data: <the order>} matching the order's final state."""
+        {type, timestamp, data: <the order>} matching the order's final state and the OpenAPI document's
+        ``webhooks``."""
         client = make_client(webhook_url=receiver.url, webhook_secret=SECRET, pending_order_seconds=1.0, **FAST)
         settings: Settings = client.app.state.services.settings
         processes.worker(env=worker_env(settings))
@@ -151,6 +161,7 @@ class TestDelivery:
             assert delivery.headers["webhook-id"].startswith(f"msg_{order_id}_")
             assert delivery.headers["content-type"] == "application/json"
             assert set(body) == {"type", "timestamp", "data"}
+            check_documented(client, body)
         assert by_order[paid][1]["data"]["confirmationId"]
         assert len(receiver.deliveries) == 4, "one event per terminal state, delivered once (2xx)"
 
@@ -165,6 +176,7 @@ class TestDelivery:
         [delivery] = receiver.of_type("order.failed")
         body = verified(delivery)
         assert body["data"]["orderId"] == failed and body["data"]["state"] == "FAILED"
+        check_documented(client, body)
 
     @pytest.mark.parametrize(("failure", "outcome"), [(503, "server_error"), (400, "client_error"),
                                                       ("timeout", "timeout")])

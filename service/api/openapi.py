@@ -17,16 +17,21 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from litestar.enums import ParamType
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import (
     Components,
     Example,
+    OpenAPIFormat,
     OpenAPIHeader,
+    OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
     Parameter,
+    PathItem,
     Reference,
+    RequestBody,
     Schema,
     SecurityScheme,
 )
@@ -273,3 +278,36 @@ def _decorate_response(response: OpenAPIResponse, status: int, doc: RouteDoc,
 def components() -> Components:
     """The components Litestar does not infer: the bearer schemes."""
     return Components(security_schemes=SECURITY_SCHEMES)
+
+
+WEBHOOK_EVENTS: dict[str, str] = {
+    "order.confirmed": "the payment succeeded and the seats are sold",
+    "order.failed": "every payment attempt was declined",
+    "order.expired": "the hold (or a PENDING order's time) ran out, a late payment included (refunded)",
+    "order.cancelled": "the customer cancelled the order, or an operator released it",
+}
+_WEBHOOK_HEADERS = {
+    "webhook-id": "The event's id, the same on every retry: de-duplicate on it.",
+    "webhook-timestamp": "Unix seconds of this attempt.",
+    "webhook-signature": "`v1,<base64 HMAC-SHA256 of '<id>.<timestamp>.<body>'>`, the key being the base64-decoded "
+                         "part of `SEATS_WEBHOOK_SECRET` (`whsec_…`).",
+}
+
+
+def webhooks() -> dict[str, PathItem | Reference]:
+    """The POSTs a ``SEATS_WEBHOOK_URL`` receives (spec §13, Standard Webhooks), for OpenAPI 3.1's ``webhooks``."""
+    return {event: PathItem(post=Operation(
+        operation_id=event.replace(".", "_"),
+        summary=f"{event}: {when}",
+        description="At least once, retried with exponential backoff and jitter for up to 24 h until a 2xx.",
+        parameters=[Parameter(name=name, param_in=ParamType.HEADER, required=True, description=text,
+                              schema=Schema(type=_STRING)) for name, text in _WEBHOOK_HEADERS.items()],
+        request_body=RequestBody(required=True, content={"application/json": OpenAPIMediaType(schema=Schema(
+            type=OpenAPIType.OBJECT, required=["type", "timestamp", "data"], properties={
+                "type": Schema(type=_STRING, const=event),
+                "timestamp": Schema(type=_STRING, format=OpenAPIFormat.DATE_TIME,
+                                    description="when the order ended"),
+                "data": Reference(ref="#/components/schemas/Order"),
+            }))}),
+        responses={"2XX": OpenAPIResponse(description="Received: no more attempts.")},
+    )) for event, when in WEBHOOK_EVENTS.items()}
