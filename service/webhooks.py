@@ -140,14 +140,18 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def relay_once(outbox: Outbox, enqueue: Enqueue, consumer: str, claim_idle_ms: int | None) -> int:
+async def relay_once(outbox: Outbox, enqueue: Enqueue, consumer: str, claim_idle_ms: int | None,
+                     forget_idle_ms: int | None = None) -> int:
     """One pass over every flight's outbox: queue a delivery job per event (entries idle ``claim_idle_ms``
-    in another consumer's hands first, when given), then acknowledge them. Returns how many were queued."""
+    in another consumer's hands first, when given), then acknowledge them; with ``forget_idle_ms``, also
+    remove consumers idle that long with nothing pending (dead workers). Returns how many were queued."""
     queued = 0
     for flight_id in sorted(await outbox.flights()):
         events: list[OutboxEvent] = []
         if claim_idle_ms is not None:
             events += await outbox.claim_stale(flight_id, consumer, claim_idle_ms, RELAY_BATCH)
+        if forget_idle_ms is not None:
+            await outbox.forget_consumers(flight_id, forget_idle_ms)
         events += await outbox.read(flight_id, consumer, RELAY_BATCH)
         for event in events:
             await enqueue(event.webhook_id, event.type, event_body(event), event.at_ms)
@@ -159,15 +163,18 @@ async def relay_once(outbox: Outbox, enqueue: Enqueue, consumer: str, claim_idle
 
 async def run_relay(outbox: Outbox, enqueue: Enqueue, settings: Settings) -> None:
     """The worker's relay: :func:`relay_once` every ``SEATS_WEBHOOK_RELAY_INTERVAL_SECONDS`` (at once again
-    while a pass found a full batch), taking over stale entries every half ``SEATS_WEBHOOK_CLAIM_IDLE_SECONDS``.
+    while a pass found a full batch), taking over stale entries (and forgetting consumers silent for the max
+    age) every half ``SEATS_WEBHOOK_CLAIM_IDLE_SECONDS``.
     A failed pass (Redis away) is logged and tried again; entries stay in the outbox meanwhile."""
     consumer = consumer_name()
     idle_ms = int(settings.webhook_claim_idle_seconds * 1000)
+    forget_ms = int(settings.webhook_max_age_seconds * 1000)  # a worker silent that long is gone
     next_claim = 0.0
     while True:
         claim = time.monotonic() >= next_claim
         try:
-            queued = await relay_once(outbox, enqueue, consumer, idle_ms if claim else None)
+            queued = await relay_once(outbox, enqueue, consumer, idle_ms if claim else None,
+                                      forget_ms if claim else None)
         except Exception:
             log.exception("webhook relay pass failed; retrying")
             queued = 0

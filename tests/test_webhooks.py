@@ -285,7 +285,8 @@ def test_retry_delays_double_with_jitter_up_to_the_cap() -> None:
 def test_an_event_a_dead_relay_read_but_never_queued_is_taken_over(
         make_client: Callable[..., TestClient[Any]], make_settings: Callable[..., Settings]) -> None:
     """A relay that read an entry and died before queueing it (its enqueue fails) leaves it pending in the
-    group; another consumer's pass with the claim takes it over and queues it, then the outbox is empty."""
+    group; another consumer's pass with the claim takes it over and queues it, then the outbox is empty and
+    consumers with nothing pending can be forgotten."""
     client = make_client(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET)
     order_id, token = new_order(client)
     client.delete(f"/orders/{order_id}", headers=auth(token))
@@ -304,7 +305,11 @@ def test_an_event_a_dead_relay_read_but_never_queued_is_taken_over(
             with pytest.raises(ConnectionError):
                 await relay_once(store.outbox, dies, "dead-worker", None)
             assert await relay_once(store.outbox, enqueue, "live-worker", None) == 0  # nothing new to read
+            assert await store.outbox.forget_consumers("FL-001", 0) == 0  # the dead one holds an entry: kept
             taken = await relay_once(store.outbox, enqueue, "live-worker", 0)  # claims the idle entry
+            # the dead worker's consumer, now with nothing pending, is forgotten; a busy one would be kept
+            assert await store.outbox.forget_consumers("FL-001", 10**9) == 0  # not idle that long
+            assert await store.outbox.forget_consumers("FL-001", 0) == 2
             return queued, taken, await store.outbox.pending("FL-001")
         finally:
             await store.aclose()

@@ -113,6 +113,27 @@ class Outbox:
             if isinstance(reply, RedisReplyError):
                 raise reply
 
+    async def forget_consumers(self, flight_id: str, idle_ms: int) -> int:
+        """Remove the group's consumers that hold no pending entry and did nothing for ``idle_ms`` (workers
+        long gone: each worker process is a consumer of its own); returns how many. One with pending entries
+        is kept: removing it would drop them from the group (their events would never be read again)."""
+        stream = keys.outbox(flight_id)
+        try:
+            with mapped():
+                consumers = await self._transport.call(stream, "XINFO", "CONSUMERS", stream, GROUP)
+        except RedisReplyError as exc:
+            if str(exc).startswith("NOGROUP") or "no such key" in str(exc):
+                return 0
+            raise
+        gone = 0
+        for flat in consumers:
+            info = dict(zip(flat[::2], flat[1::2], strict=True))
+            if int(info["pending"]) == 0 and int(info["idle"]) >= idle_ms:
+                with mapped():
+                    await self._transport.call(stream, "XGROUP", "DELCONSUMER", stream, GROUP, info["name"])
+                gone += 1
+        return gone
+
     async def pending(self, flight_id: str) -> int:
         """How many entries the flight's outbox holds (read or not): the relay's backlog."""
         with mapped():
