@@ -26,7 +26,7 @@ end
 local pending_until = now + tonumber(ARGV[11])
 redis.call('HSET', KEYS[4],
   'orderId', ARGV[4], 'flightId', ARGV[3], 'tokenHash', ARGV[5], 'state', 'PENDING',
-  'seats', '', 'holdExpiresAt', '', 'firstHoldAt', '', 'attemptsLeft', ARGV[8],
+  'seats', '', 'holdExpiresAt', '', 'firstHoldAt', '', 'attemptsLeft', ARGV[8], 'attempts', ARGV[8],
   'paymentStatus', '', 'paymentId', '', 'lastError', '', 'confirmationId', '',
   'version', 0, 'createdAt', now, 'pendingUntil', pending_until,
   'subject', ARGV[10], 'subjectKey', c and KEYS[5] or '')

@@ -4,7 +4,7 @@ An order lives in ``seats:{F}:order:{id}`` (fields below); every change goes thr
 script that also changes the seats, bumps the flight's version and publishes, atomically.
 
 Order hash fields: orderId, flightId, tokenHash (sha256 of the bearer token), state, seats (csv),
-holdExpiresAt and firstHoldAt (ms, '' before any hold), attemptsLeft, paymentStatus, paymentId,
+holdExpiresAt and firstHoldAt (ms, '' before any hold), attemptsLeft, attempts (created with), paymentStatus, paymentId,
 lastError, confirmationId, version, createdAt, updatedAt, pendingUntil (ms: a PENDING order expires
 then), subject and subjectKey (who created it, and their ``keys.subject`` hash: its holds count there).
 

@@ -167,7 +167,7 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
     Returns the last script status. Raises StoreUnavailable when Redis cannot be reached (the
     worker retries the job; it resumes from the order's fence and the gateway's records).
     """
-    attempts_total = settings.payment_attempts
+    attempts_total = await order_attempts(order_scripts, settings, flight_id, order_id)
     seen = ""  # the first attempt takes attemptsLeft as mark_trying finds it (no read before it)
     for _ in range(attempts_total + 1):
         started = await order_scripts.run("mark_trying", flight_id, order_id, TRUSTED, [payment_id, seen])
@@ -199,6 +199,14 @@ async def process_payment(  # noqa: PLR0917 - the job's three ids next to its th
         seen = str(recorded.order.attempts_left)  # the next attempt runs only if nobody moved on
         await asyncio.sleep(settings.payment_backoff_seconds)
     return "EXHAUSTED"
+
+
+async def order_attempts(order_scripts: OrderScripts, settings: Settings, flight_id: str, order_id: str) -> int:
+    """The attempts the order was created with (its ``attempts`` field): attempt numbers, and so the
+    gateway's idempotency keys, count from it, not from this process's ``SEATS_PAYMENT_ATTEMPTS``, which a
+    deploy may have changed since (orders created before the field existed fall back to the setting)."""
+    (attempts,) = await order_scripts.reads.order_fields(flight_id, order_id, "attempts")
+    return int(attempts) if attempts else settings.payment_attempts
 
 
 async def replicate_confirmation(order_scripts: OrderScripts, settings: Settings, flight_id: str,
@@ -240,12 +248,12 @@ async def settle_payment(
     changes the order. Returns ``SETTLED``, or ``NOOP`` when there was nothing to settle.
     Raises StoreUnavailable (the order stays ``refunding`` and due; the sweeper tries again).
     """
-    status, payment_id, last_error = await order_scripts.reads.order_fields(
-        flight_id, order_id, "paymentStatus", "paymentId", "lastError")
+    status, payment_id, last_error, attempts = await order_scripts.reads.order_fields(
+        flight_id, order_id, "paymentStatus", "paymentId", "lastError", "attempts")
     if status != "refunding" or not payment_id:
         return "NOOP"
     refunds = 0
-    for attempt_no in range(1, settings.payment_attempts + 1):
+    for attempt_no in range(1, int(attempts or settings.payment_attempts) + 1):
         key = attempt_key(payment_id, attempt_no)
         if (await gateway.lookup(key, order_id)).charged:
             await gateway.refund(key)

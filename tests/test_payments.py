@@ -417,3 +417,27 @@ async def test_a_wait_that_fell_short_is_not_repeated_at_once(make_settings: Cal
         assert (await rig.redis.info("commandstats"))["cmdstat_wait"]["calls"] == 1
     finally:
         await rig.close()
+
+
+async def test_attempts_count_from_the_order_not_the_workers_setting(make_rig: Callable[..., object]) -> None:
+    """An order created with 3 attempts is paid by a worker deployed with 1 (a changed SEATS_PAYMENT_ATTEMPTS):
+    its attempts use gateway keys 1..3, it fails after its own 3, and a charge that must be refunded under
+    attempt 3 is found by the settlement of a worker that would look only at attempt 1."""
+    rig: Rig = await make_rig(payment_failure_rate=1.0)  # type: ignore[misc]
+    worker_settings = msgspec.structs.replace(rig.settings, payment_attempts=1)
+    _, payment_id = await rig.paying_order("redeployed", ["3A"])
+    assert await process_payment(rig.order_scripts, rig.gateway, worker_settings, "FL-001", "redeployed",
+                                 payment_id) == "FAILED"
+    fields = await rig.fields("redeployed")
+    assert fields["attemptsLeft"] == "0"
+    assert fields["lastError"] == "Payment failed after 3 attempts: The payment was declined."
+    assert sorted(await rig.records(payment_id)) == [1, 2, 3]
+
+    charging: Rig = await make_rig(payment_failure_rate=0.0)  # type: ignore[misc]
+    _, late_id = await charging.paying_order("late", ["3B"])
+    assert (await charging.gateway.charge(attempt_key(late_id, 3), "late")).outcome == "success"
+    await charging.redis.hset(keys.order("FL-001", "late"), "paymentStatus", "refunding")  # ended unconfirmed
+    assert await settle_payment(charging.order_scripts, charging.gateway, worker_settings, "FL-001",
+                                "late") == "SETTLED"
+    assert (await charging.fields("late"))["paymentStatus"] == "refunded"
+    assert (await charging.books()).refunded == 1
