@@ -391,7 +391,8 @@ def run_round(subscribers: int, processes: int, rate: float, duration: float, pr
         rss_streams = rss_bytes(api)
         profiler = None
         if profile is not None:  # py-spy samples the API over the change phase (a flame graph, SVG)
-            profiler = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(api), "--duration", str(int(duration) + 1),
+            spy = str(Path(sys.executable).with_name("py-spy"))
+            profiler = subprocess.Popen([spy, "record", "--pid", str(api), "--duration", str(int(duration) + 1),
                                          "--rate", "200", "--output", f"{profile}-{subscribers}.svg"])
         cpu_before, started = cpu_seconds(api), time.time()
         holds = asyncio.run(drive(base, orders, rate, changes))
