@@ -45,6 +45,10 @@ REPLICATION_WAITS = Counter(
     "WAITs for replicas after a confirmation by outcome (acknowledged, timeout, skipped, failed)", ["outcome"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
+SSE_DELIVERIES = Counter(
+    "seats_sse_deliveries_total",
+    "Flight events handed to streams: written to the connection by the fan-out (direct) or queued for the stream",
+    ["path"])
 
 _HOLD_ACCEPTED = HOLDS.labels("accepted")
 _HOLD_REFUSED = HOLDS.labels("refused")

@@ -28,11 +28,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from service import errors
+from service import errors, metrics
 from service.flights import FlightStore
 from service.live.messages import FlightMessage, LayoutMessage, SeatsMessage, decode_message
-from service.live.mirror import Frame, Mirror, SeatsFrame, UnknownSeat
-from service.live.streams import Outbox
+from service.live.mirror import Frame, Mirror, SeatsFrame, SnapshotFrame, UnknownSeat
+from service.live.streams import DirectBody, Outbox, http_chunk
 from service.seatmap import LiveState
 from service.store import Store
 from service.store.subscription import ChannelState
@@ -43,6 +43,8 @@ SYNC_ERRORS = (errors.StoreUnavailable, errors.FlightNotFound)
 MAX_PENDING: Final = 100_000  # announcements buffered while syncing; beyond it, re-read the map
 LIVE_MARGIN_MS: Final = 100  # the fast seat-map path gives up this long before a counted hold lapses
 LAG_SECONDS: Final = 2.0  # a version Redis had and the feed still lacks this much later was lost
+_DIRECT: Final = metrics.SSE_DELIVERIES.labels("direct")
+_QUEUED: Final = metrics.SSE_DELIVERIES.labels("queued")
 
 
 # --- the feed ------------------------------------------------------------------------------------
@@ -60,6 +62,20 @@ class FlightWatcher:
     ready: bool = False
     timer: asyncio.TimerHandle | None = None
     admin: bool = False
+    direct: DirectBody | None = None  # the connection, when the server offers writing to it directly
+    parked: bool = False  # the stream has written all it was given and waits on its empty outbox
+    sent: int = -1  # the last version written to the stream
+
+    def render(self, frame: Frame) -> bytes:
+        """The frame's bytes for this stream (shared bytes unless it has ``mine`` marks or is the admin's)."""
+        return frame.render_admin() if self.admin else frame.render(self.mine)
+
+    def write_now(self, chunk: bytes) -> bool:
+        """Write ``chunk`` (HTTP-framed) to the connection at once, when nothing is queued ahead of it:
+        the stream is parked on an empty, open outbox, and the connection takes bytes without waiting."""
+        direct = self.direct
+        outbox = self.outbox
+        return self.parked and direct is not None and not outbox and not outbox.closed and direct.write(chunk)
 
 
 class FlightFeed:
@@ -183,10 +199,32 @@ class FlightFeed:
         return [frame for frame in self._ring if frame.version > version]
 
     def _publish(self, frame: Frame) -> None:
-        """Hand a frame to every started stream; a stream whose outbox overflows is dropped."""
+        """Hand a frame to every started stream; a stream whose outbox overflows is dropped.
+
+        A stream that is caught up gets the frame's bytes written to its connection here and now
+        (framed once for all of them): no task wakes up, no ASGI message is built. The others (a
+        stream still writing, a slow connection, a server without direct writes) get it queued.
+        """
         if isinstance(frame, SeatsFrame):
             self._ring.append(frame)
-        dropped = [w for w in self.watchers if w.ready and not w.outbox.push(frame)]
+        public, version, fresh = frame.public, frame.version, isinstance(frame, SnapshotFrame)
+        shared = http_chunk(public)
+        dropped = []
+        direct = queued = 0
+        for watcher in self.watchers:
+            if not watcher.ready:
+                continue
+            if watcher.parked and (fresh or version > watcher.sent):
+                data = watcher.render(frame)
+                if watcher.write_now(shared if data is public else http_chunk(data)):
+                    watcher.sent = version
+                    direct += 1
+                    continue
+            queued += 1
+            if not watcher.outbox.push(frame):
+                dropped.append(watcher)
+        _DIRECT.inc(direct)
+        _QUEUED.inc(queued)
         for watcher in dropped:
             self.watchers.discard(watcher)
             self._on_drop(watcher)
