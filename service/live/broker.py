@@ -225,6 +225,7 @@ class EventBroker:
             flight_id, store=self._store, flights=self._flights,
             subscription=self._subscriber.want(keys.events_channel(flight_id)),
             ring_length=self._settings.change_log_length, on_drop=self._dropped,
+            fanout_slice=self._settings.sse_fanout_slice,
         )
         self._feeds[flight_id] = feed
         return feed
@@ -402,10 +403,13 @@ class EventBroker:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._settings.sse_heartbeat_seconds)
-            for feed in self._feeds.values():
-                for watcher in feed.watchers:
-                    if not watcher.write_now(HEARTBEAT_CHUNK):
-                        watcher.outbox.push(HEARTBEAT)
+            # In slices, as events are (FlightFeed._publish): thousands of writes must not hold up a hold.
+            watchers = [watcher for feed in self._feeds.values() for watcher in feed.watchers]
+            for index, watcher in enumerate(watchers, 1):
+                if not watcher.write_now(HEARTBEAT_CHUNK):
+                    watcher.outbox.push(HEARTBEAT)
+                if index % self._settings.sse_fanout_slice == 0:
+                    await asyncio.sleep(0)
             for outboxes in self._order_watchers.values():
                 for outbox in outboxes:
                     outbox.push(HEARTBEAT)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -90,6 +90,7 @@ class FlightFeed:
         subscription: ChannelState,
         ring_length: int,
         on_drop: Callable[[FlightWatcher], None],
+        fanout_slice: int = 500,
     ) -> None:
         self.flight_id = flight_id
         self._store = store
@@ -106,6 +107,9 @@ class FlightFeed:
         self._arrivals = 0
         self._ring: deque[SeatsFrame] = deque(maxlen=max(ring_length, 1))
         self._sync_task: asyncio.Task[None] | None = None
+        self._slice = max(fanout_slice, 1)
+        self._backlog: deque[tuple[Frame, list[FlightWatcher]]] = deque()  # frames waiting for their fan-out
+        self._fanout: asyncio.Task[None] | None = None
         self.last_read = 0.0  # monotonic time of the last seat-map read that used or wanted this feed
         self.verified_at = 0.0  # monotonic send time of the last check that Redis agrees (verify())
         self.redis_version = -1  # the newest version Redis reported to a check: the fast path is never older
@@ -199,19 +203,42 @@ class FlightFeed:
         return [frame for frame in self._ring if frame.version > version]
 
     def _publish(self, frame: Frame) -> None:
-        """Hand a frame to every started stream; a stream whose outbox overflows is dropped.
+        """Hand a frame to every started stream, in slices of ``fanout_slice`` streams per loop turn.
+
+        A feed with few streams delivers at once. With more, the frame waits its turn in the
+        backlog (frames keep their order) with the streams started by now, and each slice is
+        delivered after the loop ran what else was ready: a hold's reply never waits for more than
+        one slice, where it waited for the whole fan-out of its own change (issue 13).
+        """
+        if isinstance(frame, SeatsFrame):
+            self._ring.append(frame)
+        if not self._backlog and len(self.watchers) <= self._slice:
+            self._deliver(frame, self.watchers)
+            return
+        self._backlog.append((frame, [watcher for watcher in self.watchers if watcher.ready]))
+        if self._fanout is None or self._fanout.done():
+            self._fanout = asyncio.create_task(self._fan_out(), name=f"fan-out {self.flight_id}")
+
+    async def _fan_out(self) -> None:
+        while self._backlog:
+            frame, watchers = self._backlog[0]
+            for start in range(0, len(watchers), self._slice):
+                await asyncio.sleep(0)  # what else is ready (a request, a reply from Redis) runs first
+                self._deliver(frame, watchers[start:start + self._slice])
+            self._backlog.popleft()
+
+    def _deliver(self, frame: Frame, watchers: Iterable[FlightWatcher]) -> None:
+        """Hand ``frame`` to ``watchers``; a stream whose outbox overflows is dropped.
 
         A stream that is caught up gets the frame's bytes written to its connection here and now
         (framed once for all of them): no task wakes up, no ASGI message is built. The others (a
         stream still writing, a slow connection, a server without direct writes) get it queued.
         """
-        if isinstance(frame, SeatsFrame):
-            self._ring.append(frame)
         public, version, fresh = frame.public, frame.version, isinstance(frame, SnapshotFrame)
         shared = http_chunk(public)
         dropped = []
         direct = queued = 0
-        for watcher in self.watchers:
+        for watcher in watchers:
             if not watcher.ready:
                 continue
             if watcher.parked and (fresh or version > watcher.sent):
@@ -226,8 +253,9 @@ class FlightFeed:
         _DIRECT.inc(direct)
         _QUEUED.inc(queued)
         for watcher in dropped:
-            self.watchers.discard(watcher)
-            self._on_drop(watcher)
+            if watcher in self.watchers:
+                self.watchers.discard(watcher)
+                self._on_drop(watcher)
 
     # -- announcements -----------------------------------------------------------------------
 
@@ -279,9 +307,10 @@ class FlightFeed:
             self._sync_task = asyncio.create_task(self._sync(), name=f"sync {self.flight_id}")
 
     def close(self) -> None:
-        """Stop syncing (the broker stops or evicts this feed)."""
-        if self._sync_task is not None:
-            self._sync_task.cancel()
+        """Stop syncing and fanning out (the broker stops or evicts this feed)."""
+        for task in (self._sync_task, self._fanout):
+            if task is not None:
+                task.cancel()
 
     async def _sync(self) -> None:
         attempt = 0
