@@ -407,7 +407,7 @@ class EventBroker:
             watchers = [watcher for feed in self._feeds.values() for watcher in feed.watchers]
             for index, watcher in enumerate(watchers, 1):
                 if not watcher.write_now(HEARTBEAT_CHUNK):
-                    watcher.outbox.push(HEARTBEAT)
+                    watcher.queue(HEARTBEAT)
                 if index % self._settings.sse_fanout_slice == 0:
                     await asyncio.sleep(0)
             for outboxes in self._order_watchers.values():

@@ -25,14 +25,14 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from service import errors, metrics
 from service.flights import FlightStore
 from service.live.messages import FlightMessage, LayoutMessage, SeatsMessage, decode_message
 from service.live.mirror import Frame, Mirror, SeatsFrame, SnapshotFrame, UnknownSeat
-from service.live.streams import DirectBody, Outbox, http_chunk
+from service.live.streams import DirectBody, Heartbeat, Outbox, http_chunk
 from service.seatmap import LiveState
 from service.store import Store
 from service.store.subscription import ChannelState
@@ -66,16 +66,27 @@ class FlightWatcher:
     parked: bool = False  # the stream has written all it was given and waits on its empty outbox
     sent: int = -1  # the last version written to the stream
 
+    plain: bool = field(init=False)  # every frame's public bytes: no ``mine`` marks, not the admin's
+
+    def __post_init__(self) -> None:
+        self.plain = self.mine is None and not self.admin
+
     def render(self, frame: Frame) -> bytes:
         """The frame's bytes for this stream (shared bytes unless it has ``mine`` marks or is the admin's)."""
         return frame.render_admin() if self.admin else frame.render(self.mine)
 
+    def queue(self, item: Frame | Heartbeat) -> bool:
+        """Put ``item`` in the outbox (``Outbox.push``); the stream writes it, and whatever comes after
+        it, itself: no direct write may overtake it."""
+        self.parked = False
+        return self.outbox.push(item)
+
     def write_now(self, chunk: bytes) -> bool:
         """Write ``chunk`` (HTTP-framed) to the connection at once, when nothing is queued ahead of it:
-        the stream is parked on an empty, open outbox, and the connection takes bytes without waiting."""
+        the stream is parked (it wrote all it was given and nothing was queued since) on an open
+        outbox, and the connection takes bytes without waiting."""
         direct = self.direct
-        outbox = self.outbox
-        return self.parked and direct is not None and not outbox and not outbox.closed and direct.write(chunk)
+        return self.parked and direct is not None and not self.outbox.closed and direct.write(chunk)
 
 
 class FlightFeed:
@@ -184,10 +195,10 @@ class FlightFeed:
         assert mirror is not None
         missed = self._missed_since(watcher.resume, mirror, limit=watcher.outbox.limit // 2)
         if missed is None:
-            watcher.outbox.push(mirror.snapshot_frame())
+            watcher.queue(mirror.snapshot_frame())
         else:
             for frame in missed:
-                watcher.outbox.push(frame)
+                watcher.queue(frame)
         watcher.ready = True
 
     def _missed_since(self, resume: tuple[str, int] | None, mirror: Mirror, limit: int) -> list[SeatsFrame] | None:
@@ -242,13 +253,13 @@ class FlightFeed:
             if not watcher.ready:
                 continue
             if watcher.parked and (fresh or version > watcher.sent):
-                data = watcher.render(frame)
+                data = public if watcher.plain else watcher.render(frame)
                 if watcher.write_now(shared if data is public else http_chunk(data)):
                     watcher.sent = version
                     direct += 1
                     continue
             queued += 1
-            if not watcher.outbox.push(frame):
+            if not watcher.queue(frame):
                 dropped.append(watcher)
         _DIRECT.inc(direct)
         _QUEUED.inc(queued)
