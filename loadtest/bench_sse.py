@@ -454,16 +454,17 @@ def main(argv: list[str] | None = None) -> int:
     results = [run_round(n, args.client_processes, args.rate, args.duration, args.py_spy) for n in counts]
     print(f"{'streams':>7} {'offered/s':>9} {'made/s':>6} {'hold p50/p99/max ms':>21} "
           f"{'delivery from request p50/p99 ms':>32} {'from lastUpdated p50/p99':>24} {'lost':>4} "
-          f"{'KB/conn':>7} {'API us/dlv':>10} {'bare us/dlv':>11} {'ratio':>5}")
+          f"{'KB/conn':>7} {'API us/dlv':>10} {'bare us/dlv':>11} {'ratio':>5} {'bare p50/p99 ms':>15}")
     for r in results:
         hold, req, stamp = r["hold_ms"], r["delivery_from_request_ms"], r["delivery_from_last_updated_ms"]
         holds = "/".join(str(hold[key]) for key in ("p50", "p99", "max"))
         from_request = f"{req['p50']}/{req['p99']}"
         from_stamp = f"{stamp['p50']}/{stamp['p99']}"
+        bare = f"{r['yardstick']['latency_ms']['p50']}/{r['yardstick']['latency_ms']['p99']}"
         print(f"{r['subscribers']:>7} {r['offered_per_second']:>9} {r['achieved_per_second']:>6} {holds:>21} "
               f"{from_request:>32} {from_stamp:>24} {r['lost']:>4} {r['memory_per_connection_kb']:>7} "
               f"{r['cpu_per_delivery_us']:>10} {r['yardstick']['cpu_per_delivery_us']:>11} "
-              f"{r['cpu_ratio_to_yardstick']:>5}")
+              f"{r['cpu_ratio_to_yardstick']:>5} {bare:>15}")
     if args.report:
         Path(args.report).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0
