@@ -87,9 +87,11 @@ class CycleBody:
     def write(self, chunk: bytes) -> bool:
         """Write one pre-framed chunk now, or decline (False)."""
         cycle = self._cycle
-        if not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused:
+        transport = cycle.transport
+        if (not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused
+                or transport.is_closing()):  # closing before uvicorn hears of it: a write would raise
             return False
-        cycle.transport.write(chunk)
+        transport.write(chunk)
         return True
 
 

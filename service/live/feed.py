@@ -231,12 +231,17 @@ class FlightFeed:
             self._fanout = asyncio.create_task(self._fan_out(), name=f"fan-out {self.flight_id}")
 
     async def _fan_out(self) -> None:
-        while self._backlog:
-            frame, watchers = self._backlog[0]
-            for start in range(0, len(watchers), self._slice):
-                await asyncio.sleep(0)  # what else is ready (a request, a reply from Redis) runs first
-                self._deliver(frame, watchers[start:start + self._slice])
-            self._backlog.popleft()
+        try:
+            while self._backlog:
+                frame, watchers = self._backlog[0]
+                for start in range(0, len(watchers), self._slice):
+                    await asyncio.sleep(0)  # what else is ready (a request, a reply from Redis) runs first
+                    self._deliver(frame, watchers[start:start + self._slice])
+                self._backlog.popleft()
+        except Exception:  # a bug here must not leave the backlog stuck: streams get a fresh snapshot
+            log.exception("flight fan-out failed; re-reading the map", extra={"flight": self.flight_id})
+            self._backlog.clear()
+            self.resync(full=True)
 
     def _deliver(self, frame: Frame, watchers: Iterable[FlightWatcher]) -> None:
         """Hand ``frame`` to ``watchers``; a stream whose outbox overflows is dropped.
