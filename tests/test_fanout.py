@@ -1,5 +1,6 @@
 """Fan-out does not starve writes: a real ``seats api`` serving 2,000 flight streams still answers
-every hold promptly, and every stream gets every version once, in order.
+every hold promptly, and every stream gets every version once, in order; the sliced fan-out keeps
+each stream's order whichever path (direct write or outbox) each frame takes.
 
 A starvation test, not a performance one: the bound on a hold (HOLD_BOUND_SECONDS) is loose
 enough for a busy 2-core machine; before the direct fan-out, one process at 5,000 streams left
@@ -11,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from typing import cast
+from typing import Any, cast
 
 import httpx
 
+from service.live.feed import FlightFeed, FlightWatcher
+from service.live.mirror import SeatsFrame
+from service.live.streams import Outbox, http_chunk, sse_frame
+from service.models import SeatsEvent, SeatView
 from tests.conftest import Processes
 
 STREAMS = 2_000
@@ -106,3 +111,56 @@ async def test_holds_answer_promptly_while_2000_streams_watch(processes: Process
         finally:
             for each in transports:
                 each.close()
+
+
+class Connection:
+    """A DirectBody that records what it is given; it declines its ``decline``-th write (0: none), as a
+    connection past its high-water mark would, then takes bytes again."""
+
+    def __init__(self, decline: int = 0) -> None:
+        self.chunks: list[bytes] = []
+        self._calls = 0
+        self._decline = decline
+
+    def write(self, chunk: bytes) -> bool:
+        self._calls += 1
+        if self._calls == self._decline:
+            return False
+        self.chunks.append(chunk)
+        return True
+
+
+def _frame(version: int) -> SeatsFrame:
+    event = SeatsEvent(version, "2026-11-30T00:00:00.000Z", "h", {"1A": SeatView("available")})
+    return SeatsFrame(version, f"e-{version}", event, {}, sse_frame("seats", f"e-{version}", b"{}"))
+
+
+async def test_sliced_fan_out_keeps_each_stream_in_order_and_never_overtakes_its_queue() -> None:
+    """Frames fanned out over several loop turns reach each stream once, in order, written directly or
+    queued; once a frame is queued for a stream, later ones queue behind it though its connection would
+    take them; a stream started after a frame was published does not get it."""
+    feed = FlightFeed("FL-T", store=cast(Any, None), flights=cast(Any, None), subscription=cast(Any, None),
+                      ring_length=16, on_drop=lambda watcher: None, fanout_slice=2)
+    connections = [Connection(), Connection(), Connection(decline=2), Connection(), Connection()]
+    watchers = [FlightWatcher("FL-T", Outbox(8), None, None, ready=True, direct=c) for c in connections]
+    for index, watcher in enumerate(watchers):
+        watcher.parked = index < 3  # 0-2 caught up and waiting on their outbox; 3-4 still writing: they queue
+        feed.watchers.add(watcher)
+    frames = [_frame(version) for version in (1, 2, 3)]
+    for frame in frames:
+        feed._publish(frame)
+    assert not any(c.chunks for c in connections), "5 streams are more than a slice of 2: not all at once"
+    late = FlightWatcher("FL-T", Outbox(8), None, None, ready=True, direct=Connection())
+    late.parked = True
+    feed.watchers.add(late)
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+    chunks = [http_chunk(frame.public) for frame in frames]
+    assert connections[0].chunks == chunks and connections[1].chunks == chunks
+    assert len(watchers[0].outbox) == len(watchers[1].outbox) == 0
+    assert connections[2].chunks == chunks[:1]  # frame 2 was declined, so frame 3 queued behind it
+    assert watchers[2].outbox.take(8) == frames[1:]
+    assert watchers[3].outbox.take(8) == frames and watchers[4].outbox.take(8) == frames
+    assert not late.direct or not cast(Connection, late.direct).chunks
+    assert len(late.outbox) == 0
