@@ -15,11 +15,13 @@ import time
 from typing import Any, cast
 
 import httpx
+import pytest
 
 from service.live.feed import FlightFeed, FlightWatcher
 from service.live.mirror import SeatsFrame
 from service.live.streams import Outbox, http_chunk, sse_frame
 from service.models import SeatsEvent, SeatView
+from service.settings import SettingsError, load_settings
 from tests.conftest import Processes
 
 STREAMS = 2_000
@@ -164,3 +166,10 @@ async def test_sliced_fan_out_keeps_each_stream_in_order_and_never_overtakes_its
     assert watchers[3].outbox.take(8) == frames and watchers[4].outbox.take(8) == frames
     assert not late.direct or not cast(Connection, late.direct).chunks
     assert len(late.outbox) == 0
+
+
+def test_fanout_slice_is_read_and_range_checked() -> None:
+    """``SEATS_SSE_FANOUT_SLICE`` reaches the settings; 0 (no stream per turn) is refused."""
+    assert load_settings({"SEATS_SSE_FANOUT_SLICE": "64"}).sse_fanout_slice == 64
+    with pytest.raises(SettingsError, match="SEATS_SSE_FANOUT_SLICE"):
+        load_settings({"SEATS_SSE_FANOUT_SLICE": "0"})
