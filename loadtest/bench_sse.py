@@ -374,11 +374,11 @@ def check_streams(arrivals: Arrivals, versions: list[int]) -> tuple[dict[int, li
     return arrived, lost
 
 
-def run_round(subscribers: int, processes: int, rate: float, duration: float, profile: str | None = None
-              ) -> dict[str, Any]:
+def run_round(subscribers: int, processes: int, rate: float, duration: float, *, profile: str | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
     """One watcher count on a fresh Redis and API process, then the yardstick with the same clients."""
     changes = max(1, int(rate * duration))
-    with spawn_system(NO_CAPS, worker=False, shared_metrics=False) as system:
+    with spawn_system({**NO_CAPS, **(env or {})}, worker=False, shared_metrics=False) as system:
         base, api = system.base_url, system.roots["api"]
         orders = asyncio.run(_setup(base))
         time.sleep(0.5)
@@ -442,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of changes per round (default 10)")
     parser.add_argument("--client-processes", type=int, default=2, help="subscriber processes (default 2)")
     parser.add_argument("--report", metavar="PATH", help="write the results as JSON here")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the API (repeatable), e.g. SEATS_SSE_FANOUT_SLICE=100000")
     parser.add_argument("--py-spy", metavar="PREFIX", help="profile the API over each change phase with py-spy "
                         "(PREFIX-<streams>.svg)")
     args = parser.parse_args(argv)
@@ -451,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     if soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed), hard))  # inherited by the API
 
-    results = [run_round(n, args.client_processes, args.rate, args.duration, args.py_spy) for n in counts]
+    env = dict(pair.split("=", 1) for pair in args.env)
+    results = [run_round(n, args.client_processes, args.rate, args.duration, profile=args.py_spy, env=env)
+               for n in counts]
     print(f"{'streams':>7} {'offered/s':>9} {'made/s':>6} {'hold p50/p99/max ms':>21} "
           f"{'delivery from request p50/p99 ms':>32} {'from lastUpdated p50/p99':>24} {'lost':>4} "
           f"{'KB/conn':>7} {'API us/dlv':>10} {'bare us/dlv':>11} {'ratio':>5} {'bare p50/p99 ms':>15}")
