@@ -53,6 +53,10 @@ WEBHOOKS_QUEUED = Counter("seats_webhooks_queued_total",
                           "Outbox events handed to a delivery job by the worker's relay", ["type"])
 SSE_SUBSCRIBERS = Gauge("seats_sse_subscribers", "Open SSE streams by kind (flight, order)", ["stream"],
                         multiprocess_mode="livesum")
+SSE_DELIVERIES = Counter(
+    "seats_sse_deliveries_total",
+    "Flight events handed to streams: written to the connection by the fan-out (direct) or queued for the stream",
+    ["path"])
 
 _HOLD_ACCEPTED = HOLDS.labels("accepted")
 _HOLD_REFUSED = HOLDS.labels("refused")

@@ -19,10 +19,11 @@ import httptools
 import msgspec
 import uvicorn
 from litestar import Litestar
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.live.broker import broker_of
+from service.live.streams import DIRECT_BODY
 from service.logs import logging_config
 from service.models import ErrorBody
 from service.settings import Settings
@@ -68,6 +69,31 @@ def _uri_too_long() -> HeadRejected:
 
 def _bad_request() -> HeadRejected:
     return HeadRejected(400, "invalid_request", "Invalid HTTP request received.")
+
+
+class CycleBody:
+    """A streaming response's connection for the fan-out (``streams.DirectBody``): one chunk written
+    as uvicorn's ``send`` would write it, without an ASGI message, middleware or task switch per event.
+
+    It writes only into a chunked response already under way, on a connected transport below its
+    high-water mark; otherwise it declines, and the stream's own ``send`` (which waits for a paused
+    transport to drain) writes the bytes, so slow clients still back up into their bounded outbox.
+    """
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def write(self, chunk: bytes) -> bool:
+        """Write one pre-framed chunk now, or decline (False)."""
+        cycle = self._cycle
+        transport = cycle.transport
+        if (not cycle.chunked_encoding or cycle.response_complete or cycle.disconnected or cycle.flow.write_paused
+                or transport.is_closing()):  # closing before uvicorn hears of it: a write would raise
+            return False
+        transport.write(chunk)
+        return True
 
 
 class BoundedConfig(uvicorn.Config):
@@ -156,6 +182,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if size > self._limits.max_head_bytes:
             raise _head_too_large()
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and self.scope["path"].endswith("/events"):
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]  # ASGI types extensions as dicts
+            scope["extensions"] = {**scope.get("extensions", {}), DIRECT_BODY: CycleBody(cycle)}
 
     def on_message_complete(self) -> None:
         """The request (body included) is in: stop its clock; the next head may begin."""

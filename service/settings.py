@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sse_max_stream_seconds: float = 1800.0
     sse_retry_ms: int = 3000
     sse_client_queue: int = 1024
+    # streams one event is written to per event-loop turn; the rest after what else is ready (a hold)
+    sse_fanout_slice: int = 500
     worker_max_jobs: int = 100
     worker_poll_delay_seconds: float = 0.01
     worker_metrics_port: int | None = None  # the worker's own /metrics (containers share no directory)
@@ -165,6 +167,7 @@ _ENV_NAMES: dict[str, str] = {
     "sse_max_stream_seconds": "SEATS_SSE_MAX_STREAM_SECONDS",
     "sse_retry_ms": "SEATS_SSE_RETRY_MS",
     "sse_client_queue": "SEATS_SSE_CLIENT_QUEUE",
+    "sse_fanout_slice": "SEATS_SSE_FANOUT_SLICE",
     "worker_max_jobs": "SEATS_WORKER_MAX_JOBS",
     "worker_poll_delay_seconds": "SEATS_WORKER_POLL_DELAY_SECONDS",
     "worker_metrics_port": "SEATS_WORKER_METRICS_PORT",
@@ -289,6 +292,8 @@ def _check_http_ranges(settings: Settings) -> None:
         raise SettingsError("SEATS_HTTP_HEAD_TIMEOUT_SECONDS and SEATS_HTTP_KEEPALIVE_SECONDS must be positive")
     if settings.http_max_connections < 1:
         raise SettingsError("SEATS_HTTP_MAX_CONNECTIONS must be at least 1")
+    if settings.sse_fanout_slice < 1:
+        raise SettingsError("SEATS_SSE_FANOUT_SLICE must be at least 1")
 
 
 def webhook_key(secret: str) -> bytes:

@@ -23,6 +23,7 @@ from service.api.deps import (
 )
 from service.api.events import SSE_HEADERS, SSE_MEDIA_TYPE, broker_of_services
 from service.api.openapi import route_doc
+from service.live.streams import direct_body_of
 from service.models import (
     ExtendHoldRequest,
     HistoryPage,
@@ -133,7 +134,8 @@ async def admin_flight_events(flight_id: FromPath[str], request: AnyRequest, ser
     seat's ``orderId``. Admin token as bearer or ``?token=``; not counted against a subject's streams."""
     broker = broker_of_services(services)
     await services.flights.layout(flight_id)
-    watcher = broker.open_flight(flight_id, None, request.headers.get("last-event-id"), admin=True)
+    watcher = broker.open_flight(flight_id, None, request.headers.get("last-event-id"), admin=True,
+                                 direct=direct_body_of(request.scope))
     return Stream(broker.flight_stream(watcher), media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
 

@@ -21,6 +21,7 @@ from service.api.deps import ServicesDep, bearer_token, require_token
 from service.api.openapi import route_doc
 from service.limits import StreamSlots
 from service.live.broker import EventBroker
+from service.live.streams import direct_body_of
 from service.wiring import Services
 
 OrderIdQuery = Annotated[str | None, QueryParameter(name="orderId", required=False)]
@@ -54,7 +55,8 @@ async def flight_events(
     token = bearer_token(request, allow_query=True)
     mine = order_id if order_id and token and await services.orders.token_matches(flight_id, order_id, token) else None
     slots, place = await _place(request, services)
-    watcher = broker.open_flight(flight_id, mine, request.headers.get("last-event-id"))
+    watcher = broker.open_flight(flight_id, mine, request.headers.get("last-event-id"),
+                                 direct=direct_body_of(request.scope))
     stream = broker.flight_stream(watcher, functools.partial(slots.release_soon, place) if slots else None)
     return Stream(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 

@@ -27,7 +27,17 @@ from service.flights import FlightStore
 from service.live.feed import FlightFeed, FlightWatcher
 from service.live.messages import OrderMessage, decode_message
 from service.live.mirror import Frame, SnapshotFrame
-from service.live.streams import HEARTBEAT, HEARTBEAT_BYTES, Heartbeat, Outbox, parse_event_id, retry_frame, sse_frame
+from service.live.streams import (
+    HEARTBEAT,
+    HEARTBEAT_BYTES,
+    HEARTBEAT_CHUNK,
+    DirectBody,
+    Heartbeat,
+    Outbox,
+    parse_event_id,
+    retry_frame,
+    sse_frame,
+)
 from service.models import Order
 from service.orders import OrderStore, decode_order, is_terminal
 from service.seatmap import LiveState
@@ -196,11 +206,12 @@ class EventBroker:
     # -- flight streams -----------------------------------------------------------------------
 
     def open_flight(self, flight_id: str, mine: str | None, last_event_id: str | None, *,
-                    admin: bool = False) -> FlightWatcher:
+                    admin: bool = False, direct: DirectBody | None = None) -> FlightWatcher:
         """Attach a stream to the flight's feed (created on first use); ``admin``: frames name every
-        held or sold seat's order (the admin console's stream)."""
+        held or sold seat's order (the admin console's stream); ``direct``: the connection, when the
+        server lets the fan-out write to it (``streams.DIRECT_BODY``)."""
         watcher = FlightWatcher(flight_id, Outbox(self._settings.sse_client_queue), mine, parse_event_id(last_event_id),
-                                admin=admin)
+                                admin=admin, direct=direct)
         if self._draining:
             watcher.outbox.close()
             return watcher
@@ -214,6 +225,7 @@ class EventBroker:
             flight_id, store=self._store, flights=self._flights,
             subscription=self._subscriber.want(keys.events_channel(flight_id)),
             ring_length=self._settings.change_log_length, on_drop=self._dropped,
+            fanout_slice=self._settings.sse_fanout_slice,
         )
         self._feeds[flight_id] = feed
         return feed
@@ -223,15 +235,22 @@ class EventBroker:
         _FLIGHT_STREAMS.inc()
         try:
             yield retry_frame(self._settings.sse_retry_ms)
-            last = -1
-            while (item := await watcher.outbox.get()) is not None:
+            outbox = watcher.outbox
+            while True:
+                # Resumed, this generator's last chunk has been written: while it waits on an empty
+                # outbox, the fan-out may write to the connection itself (FlightFeed._publish).
+                watcher.parked = not outbox
+                item = await outbox.get()
+                watcher.parked = False
+                if item is None:
+                    break
                 chunks: list[bytes] = []
-                for each in [item, *watcher.outbox.take(BURST_FRAMES - 1)]:
+                for each in [item, *outbox.take(BURST_FRAMES - 1)]:
                     if isinstance(each, Heartbeat):
                         chunks.append(HEARTBEAT_BYTES)
-                    elif isinstance(each, SnapshotFrame) or each.version > last:
-                        chunks.append(each.render_admin() if watcher.admin else each.render(watcher.mine))
-                        last = each.version
+                    elif isinstance(each, SnapshotFrame) or each.version > watcher.sent:
+                        chunks.append(watcher.render(each))
+                        watcher.sent = each.version
                 if chunks:
                     yield b"".join(chunks)
         finally:
@@ -384,9 +403,13 @@ class EventBroker:
         loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self._settings.sse_heartbeat_seconds)
-            for feed in self._feeds.values():
-                for watcher in feed.watchers:
-                    watcher.outbox.push(HEARTBEAT)
+            # In slices, as events are (FlightFeed._publish): thousands of writes must not hold up a hold.
+            watchers = [watcher for feed in self._feeds.values() for watcher in feed.watchers]
+            for index, watcher in enumerate(watchers, 1):
+                if not watcher.write_now(HEARTBEAT_CHUNK):
+                    watcher.queue(HEARTBEAT)
+                if index % self._settings.sse_fanout_slice == 0:
+                    await asyncio.sleep(0)
             for outboxes in self._order_watchers.values():
                 for outbox in outboxes:
                     outbox.push(HEARTBEAT)

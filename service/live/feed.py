@@ -24,15 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Final
 
-from service import errors
+from service import errors, metrics
 from service.flights import FlightStore
 from service.live.messages import FlightMessage, LayoutMessage, SeatsMessage, decode_message
-from service.live.mirror import Frame, Mirror, SeatsFrame, UnknownSeat
-from service.live.streams import Outbox
+from service.live.mirror import Frame, Mirror, SeatsFrame, SnapshotFrame, UnknownSeat
+from service.live.streams import DirectBody, Heartbeat, Outbox, http_chunk
 from service.seatmap import LiveState
 from service.store import Store
 from service.store.subscription import ChannelState
@@ -43,6 +43,8 @@ SYNC_ERRORS = (errors.StoreUnavailable, errors.FlightNotFound)
 MAX_PENDING: Final = 100_000  # announcements buffered while syncing; beyond it, re-read the map
 LIVE_MARGIN_MS: Final = 100  # the fast seat-map path gives up this long before a counted hold lapses
 LAG_SECONDS: Final = 2.0  # a version Redis had and the feed still lacks this much later was lost
+_DIRECT: Final = metrics.SSE_DELIVERIES.labels("direct")
+_QUEUED: Final = metrics.SSE_DELIVERIES.labels("queued")
 
 
 # --- the feed ------------------------------------------------------------------------------------
@@ -60,6 +62,31 @@ class FlightWatcher:
     ready: bool = False
     timer: asyncio.TimerHandle | None = None
     admin: bool = False
+    direct: DirectBody | None = None  # the connection, when the server offers writing to it directly
+    parked: bool = False  # the stream has written all it was given and waits on its empty outbox
+    sent: int = -1  # the last version written to the stream
+
+    plain: bool = field(init=False)  # every frame's public bytes: no ``mine`` marks, not the admin's
+
+    def __post_init__(self) -> None:
+        self.plain = self.mine is None and not self.admin
+
+    def render(self, frame: Frame) -> bytes:
+        """The frame's bytes for this stream (shared bytes unless it has ``mine`` marks or is the admin's)."""
+        return frame.render_admin() if self.admin else frame.render(self.mine)
+
+    def queue(self, item: Frame | Heartbeat) -> bool:
+        """Put ``item`` in the outbox (``Outbox.push``); the stream writes it, and whatever comes after
+        it, itself: no direct write may overtake it."""
+        self.parked = False
+        return self.outbox.push(item)
+
+    def write_now(self, chunk: bytes) -> bool:
+        """Write ``chunk`` (HTTP-framed) to the connection at once, when nothing is queued ahead of it:
+        the stream is parked (it wrote all it was given and nothing was queued since) on an open
+        outbox, and the connection takes bytes without waiting."""
+        direct = self.direct
+        return self.parked and direct is not None and not self.outbox.closed and direct.write(chunk)
 
 
 class FlightFeed:
@@ -74,6 +101,7 @@ class FlightFeed:
         subscription: ChannelState,
         ring_length: int,
         on_drop: Callable[[FlightWatcher], None],
+        fanout_slice: int = 500,
     ) -> None:
         self.flight_id = flight_id
         self._store = store
@@ -90,6 +118,9 @@ class FlightFeed:
         self._arrivals = 0
         self._ring: deque[SeatsFrame] = deque(maxlen=max(ring_length, 1))
         self._sync_task: asyncio.Task[None] | None = None
+        self._slice = max(fanout_slice, 1)
+        self._backlog: deque[tuple[Frame, list[FlightWatcher]]] = deque()  # frames waiting for their fan-out
+        self._fanout: asyncio.Task[None] | None = None
         self.last_read = 0.0  # monotonic time of the last seat-map read that used or wanted this feed
         self.verified_at = 0.0  # monotonic send time of the last check that Redis agrees (verify())
         self.redis_version = -1  # the newest version Redis reported to a check: the fast path is never older
@@ -164,10 +195,10 @@ class FlightFeed:
         assert mirror is not None
         missed = self._missed_since(watcher.resume, mirror, limit=watcher.outbox.limit // 2)
         if missed is None:
-            watcher.outbox.push(mirror.snapshot_frame())
+            watcher.queue(mirror.snapshot_frame())
         else:
             for frame in missed:
-                watcher.outbox.push(frame)
+                watcher.queue(frame)
         watcher.ready = True
 
     def _missed_since(self, resume: tuple[str, int] | None, mirror: Mirror, limit: int) -> list[SeatsFrame] | None:
@@ -183,13 +214,64 @@ class FlightFeed:
         return [frame for frame in self._ring if frame.version > version]
 
     def _publish(self, frame: Frame) -> None:
-        """Hand a frame to every started stream; a stream whose outbox overflows is dropped."""
+        """Hand a frame to every started stream, in slices of ``fanout_slice`` streams per loop turn.
+
+        A feed with few streams delivers at once. With more, the frame waits its turn in the
+        backlog (frames keep their order) with the streams started by now, and each slice is
+        delivered after the loop ran what else was ready: a hold's reply never waits for more than
+        one slice, where it waited for the whole fan-out of its own change (issue 13).
+        """
         if isinstance(frame, SeatsFrame):
             self._ring.append(frame)
-        dropped = [w for w in self.watchers if w.ready and not w.outbox.push(frame)]
+        if not self._backlog and len(self.watchers) <= self._slice:
+            self._deliver(frame, self.watchers)
+            return
+        self._backlog.append((frame, [watcher for watcher in self.watchers if watcher.ready]))
+        if self._fanout is None or self._fanout.done():
+            self._fanout = asyncio.create_task(self._fan_out(), name=f"fan-out {self.flight_id}")
+
+    async def _fan_out(self) -> None:
+        try:
+            while self._backlog:
+                frame, watchers = self._backlog[0]
+                for start in range(0, len(watchers), self._slice):
+                    await asyncio.sleep(0)  # what else is ready (a request, a reply from Redis) runs first
+                    self._deliver(frame, watchers[start:start + self._slice])
+                self._backlog.popleft()
+        except Exception:  # a bug here must not leave the backlog stuck: streams get a fresh snapshot
+            log.exception("flight fan-out failed; re-reading the map", extra={"flight": self.flight_id})
+            self._backlog.clear()
+            self.resync(full=True)
+
+    def _deliver(self, frame: Frame, watchers: Iterable[FlightWatcher]) -> None:
+        """Hand ``frame`` to ``watchers``; a stream whose outbox overflows is dropped.
+
+        A stream that is caught up gets the frame's bytes written to its connection here and now
+        (framed once for all of them): no task wakes up, no ASGI message is built. The others (a
+        stream still writing, a slow connection, a server without direct writes) get it queued.
+        """
+        public, version, fresh = frame.public, frame.version, isinstance(frame, SnapshotFrame)
+        shared = http_chunk(public)
+        dropped = []
+        direct = queued = 0
+        for watcher in watchers:
+            if not watcher.ready:
+                continue
+            if watcher.parked and (fresh or version > watcher.sent):
+                data = public if watcher.plain else watcher.render(frame)
+                if watcher.write_now(shared if data is public else http_chunk(data)):
+                    watcher.sent = version
+                    direct += 1
+                    continue
+            queued += 1
+            if not watcher.queue(frame):
+                dropped.append(watcher)
+        _DIRECT.inc(direct)
+        _QUEUED.inc(queued)
         for watcher in dropped:
-            self.watchers.discard(watcher)
-            self._on_drop(watcher)
+            if watcher in self.watchers:
+                self.watchers.discard(watcher)
+                self._on_drop(watcher)
 
     # -- announcements -----------------------------------------------------------------------
 
@@ -241,9 +323,10 @@ class FlightFeed:
             self._sync_task = asyncio.create_task(self._sync(), name=f"sync {self.flight_id}")
 
     def close(self) -> None:
-        """Stop syncing (the broker stops or evicts this feed)."""
-        if self._sync_task is not None:
-            self._sync_task.cancel()
+        """Stop syncing and fanning out (the broker stops or evicts this feed)."""
+        for task in (self._sync_task, self._fanout):
+            if task is not None:
+                task.cancel()
 
     async def _sync(self) -> None:
         attempt = 0

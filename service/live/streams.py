@@ -8,11 +8,42 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Final, Generic, TypeVar
+from collections.abc import Mapping
+from typing import Any, Final, Generic, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
 HEARTBEAT_BYTES: Final = b": keep-alive\n\n"  # a comment: browsers dispatch no event for it
+DIRECT_BODY: Final = "seats.direct_body"  # the ASGI scope extension holding a stream's DirectBody (server.py)
+
+
+@runtime_checkable
+class DirectBody(Protocol):
+    """A streaming response's connection, written without the ASGI ``send`` machinery.
+
+    The server puts one in ``scope["extensions"][DIRECT_BODY]`` for requests that may stream; the
+    fan-out hands it pre-framed chunks (``http_chunk``) of a response already started.
+    """
+
+    def write(self, chunk: bytes) -> bool:
+        """Write one HTTP/1.1 chunk now; False (nothing written) when the response is not a chunked
+        one under way, the client left, or the connection's send buffer is over its high-water mark
+        (a slow client: the caller queues instead, and the stream's own ``send`` waits for it)."""
+        ...
+
+
+def direct_body_of(scope: Mapping[str, Any]) -> DirectBody | None:
+    """The request's DirectBody, when the server offers one."""
+    direct = (scope.get("extensions") or {}).get(DIRECT_BODY)
+    return direct if isinstance(direct, DirectBody) else None
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of an HTTP/1.1 chunked body (RFC 9112 §7.1): what ``send`` would write."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+HEARTBEAT_CHUNK: Final = http_chunk(HEARTBEAT_BYTES)
 
 
 def sse_frame(event: str, event_id: int | str, data: bytes) -> bytes:
