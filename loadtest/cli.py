@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(3 primaries, 3 replicas; the queue on a private Redis), run each hold phase there right "
                              "after the standalone one, report cluster / standalone, and then time the two "
                              "transports' CPU per EVALSHA side by side (loadtest.bench_transport)")
+    parser.add_argument("--standalone-replica", action="store_true",
+                        help="with --spawn: give the spawned standalone Redis a replica (REPLICAOF), so --cluster "
+                             "compares like with like (each of the cluster's primaries feeds a replica too)")
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians (default 1)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -119,6 +122,8 @@ def spawn_env(args: argparse.Namespace) -> dict[str, str]:
         raise UsageError("--compare-controls needs --spawn (it starts a second service without controls)")
     if args.compare_controls and "hold" not in names:
         raise UsageError("--compare-controls compares the hold phase: add --scenario hold")
+    if args.standalone_replica and not args.spawn:
+        raise UsageError("--standalone-replica needs --spawn")
     if args.cluster and (not args.spawn or "hold" not in names):
         raise UsageError("--cluster needs --spawn and --scenario hold (it starts the same service on a cluster)")
     env = dict(SPAWN_DEFAULTS)
@@ -211,7 +216,7 @@ def _run_sync(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if args.spawn:
             env.setdefault("SEATS_ADMIN_TOKEN", secrets.token_urlsafe(16))
-            system = stack.enter_context(spawn_system(env))
+            system = stack.enter_context(spawn_system(env, replica=args.standalone_replica))
             target = Target(system.base_url, system.redis_url, env["SEATS_ADMIN_TOKEN"], dict(system.roots))
             if args.pay_drain:
                 target.pause_worker = functools.partial(pause_tree, system.roots["worker"])
@@ -508,7 +513,7 @@ def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs:
             "target": "spawn" if args.spawn else args.url,
             "settings": {k: v for k, v in env.items() if k != "SEATS_ADMIN_TOKEN"} if args.spawn else None,
             "settings_controls_off": CONTROLS_OFF if args.compare_controls else None,
-            "cluster": args.cluster,
+            "cluster": args.cluster, "standalone_replica": args.standalone_replica,
             "flights": ctx.flights, "command": " ".join(["seats", "loadtest", *sys.argv[2:]]),
         },
         "machine": machine(redis_url),

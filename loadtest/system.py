@@ -135,9 +135,31 @@ def _start_cluster_data(data_dir: Path, processes: list[subprocess.Popen[bytes]]
     return env, {**roots, "queue": queue_process.pid}
 
 
+def _start_replica(data_dir: Path, primary_url: str, processes: list[subprocess.Popen[bytes]]) -> int:
+    """A replica of the Redis at ``primary_url``, in sync when this returns; its pid."""
+    import redis
+
+    (data_dir / "replica").mkdir()
+    process, url = start_redis(data_dir / "replica")
+    processes.append(process)
+    primary = urlparse(primary_url)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.replicaof(primary.hostname or "127.0.0.1", primary.port or 6379)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while client.info("replication").get("master_link_status") != "up":  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("the standalone Redis's replica did not sync")
+            time.sleep(0.05)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    return process.pid
+
+
 @contextlib.contextmanager
 def spawn_system(
-    settings_env: Mapping[str, str], *, worker: bool = True, shared_metrics: bool = True, cluster: bool = False
+    settings_env: Mapping[str, str], *, worker: bool = True, shared_metrics: bool = True, cluster: bool = False,
+    replica: bool = False,
 ) -> Iterator[Spawned]:
     """A private redis-server, ``seats api`` and ``seats worker`` with ``settings_env``; all stopped after.
 
@@ -145,6 +167,7 @@ def spawn_system(
     directory, so the API's ``/metrics`` also shows the worker's counters (payments, expirations).
     With ``cluster``, the data is on a private 6-node Redis Cluster (3 primaries, 3 replicas) and the
     payment queue on a private Redis, as ``seats dev --cluster`` runs them; ``redis_url`` is the seed list.
+    With ``replica``, the standalone Redis gets a replica (``REPLICAOF``), as each of a cluster's primaries has.
     """
     with tempfile.TemporaryDirectory(prefix="seats-loadtest-") as tmp:
         data_dir = Path(tmp)
@@ -158,6 +181,8 @@ def spawn_system(
                 redis_process, url = start_redis(data_dir)
                 processes.append(redis_process)
                 data_env, redis_roots = {"SEATS_REDIS_URL": url}, {"redis": redis_process.pid}
+                if replica:
+                    redis_roots["replica"] = _start_replica(data_dir, url, processes)
             redis_url = data_env["SEATS_REDIS_URL"]
             port = free_port()
             env = {**os.environ, **settings_env, **data_env, "SEATS_HOST": "127.0.0.1",
