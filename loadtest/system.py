@@ -247,7 +247,7 @@ def machine(redis_url: str | None) -> dict[str, object]:
         import redis
 
         with contextlib.suppress(redis.RedisError):
-            client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, decode_responses=True)
+            client = redis.Redis.from_url(redis_url.split(",")[0], socket_connect_timeout=1, decode_responses=True)
             info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
             redis_version = info.get("redis_version")
             client.close()  # type: ignore[no-untyped-call]
