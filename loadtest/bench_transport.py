@@ -113,24 +113,56 @@ async def _replay(transport: Transport, commands: list[list[tuple[str, tuple[Arg
     return (time.process_time() - started) / (per_caller * len(commands)) * 1e6
 
 
+@dataclass
+class Deployments:
+    """The private Redis deployments of a run, with their processes' pids for CPU accounting."""
+
+    standalone_url: str
+    cluster_seeds: str
+    pids: dict[str, dict[str, int]]  # deployment -> process name -> pid
+
+
 @contextlib.contextmanager
-def private_redis() -> Iterator[tuple[str, str]]:
-    """A private redis-server and a private 6-node cluster: (standalone URL, cluster seed list)."""
+def private_redis(*, replica: bool = False) -> Iterator[Deployments]:
+    """A private redis-server (``replica``: with a replica of its own) and a private 6-node cluster."""
+    from loadtest.system import _start_replica
+
     with tempfile.TemporaryDirectory(prefix="seats-bench-transport-") as tmp:
         processes: list[Any] = []
         try:
             redis_process, url = start_redis(Path(tmp))
             processes.append(redis_process)
+            standalone = {"primary": redis_process.pid}
+            if replica:
+                standalone["replica"] = _start_replica(Path(tmp), url, processes)
             (Path(tmp) / "cluster").mkdir()
             cluster = start_cluster(Path(tmp) / "cluster", started=processes)
-            yield url, cluster.seeds
+            nodes = {f"node {port}": p.pid for port, p in zip(cluster.ports, cluster.processes, strict=True)}
+            yield Deployments(url, cluster.seeds, {"standalone": standalone, "cluster": nodes})
         finally:
             stop_all(processes)
 
 
-async def compare(standalone_url: str, cluster_seeds: str, *, calls: int, rounds: int,
-                  callers: int) -> dict[str, Any]:
-    """Alternating rounds on both transports: µs of CPU per EVALSHA each (median, every round), and the ratio."""
+async def compare(standalone_url: str, cluster_seeds: str, *, calls: int, rounds: int, callers: int,
+                  pids: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+    """Alternating rounds on both transports: µs of CPU per EVALSHA each (median, every round), and the ratio.
+
+    With ``pids`` (deployment -> process name -> pid), also the Redis processes' CPU per call, each
+    process that used more than 1 µs per call named (the flight's primary, its replica).
+    """
+    from loadtest.system import cpu_seconds
+
+    redis_us: dict[str, list[dict[str, float]]] = {"standalone": [], "cluster": []}
+
+    async def measured(name: str, transport: Transport, commands: list[list[tuple[str, tuple[Arg, ...]]]]) -> float:
+        watched = (pids or {}).get(name, {})
+        before = {process: cpu_seconds(pid) for process, pid in watched.items()}
+        us = await _replay(transport, commands, calls)
+        done = max(2, calls // len(commands)) // 2 * 2 * len(commands)
+        redis_us[name].append({process: (cpu_seconds(pid) - before[process]) / done * 1e6
+                               for process, pid in watched.items()})
+        return us
+
     stores: list[Store] = []
     try:
         standalone, standalone_commands = await _prepare(standalone_url, False, callers)
@@ -141,23 +173,28 @@ async def compare(standalone_url: str, cluster_seeds: str, *, calls: int, rounds
         await _replay(cluster.transport, cluster_commands, calls // 4)
         results: dict[str, list[float]] = {"standalone": [], "cluster": []}
         for _ in range(rounds):
-            results["standalone"].append(await _replay(standalone.transport, standalone_commands, calls))
-            results["cluster"].append(await _replay(cluster.transport, cluster_commands, calls))
+            results["standalone"].append(await measured("standalone", standalone.transport, standalone_commands))
+            results["cluster"].append(await measured("cluster", cluster.transport, cluster_commands))
     finally:
         for store in stores:
             await store.aclose()
     medians = {name: round(statistics.median(values), 2) for name, values in results.items()}
+    redis = {name: {process: round(statistics.median(r[process] for r in per_round), 1)
+                    for process in per_round[0] if statistics.median(r[process] for r in per_round) > 1}
+             for name, per_round in redis_us.items() if per_round and per_round[0]}
     return {"callers": callers, "calls_per_round": calls, "rounds": rounds,
             "us_per_call": medians, "rounds_us_per_call": {k: [round(v, 2) for v in vs] for k, vs in results.items()},
-            "cluster_over_standalone": round(medians["cluster"] / medians["standalone"], 3)}
+            "cluster_over_standalone": round(medians["cluster"] / medians["standalone"], 3),
+            "redis_us_per_call": redis}
 
 
-def run(calls: int = 20_000, rounds: int = 5, callers: int = 64) -> dict[str, Any]:
-    """Start both Redis deployments, compare, stop them (``compare``'s figures)."""
+def run(calls: int = 20_000, rounds: int = 5, callers: int = 64, *, replica: bool = False) -> dict[str, Any]:
+    """Start both Redis deployments, compare, stop them (``compare``'s figures, with the Redis processes' CPU)."""
     import uvloop
 
-    with private_redis() as (url, seeds):
-        result: dict[str, Any] = uvloop.run(compare(url, seeds, calls=calls, rounds=rounds, callers=callers))
+    with private_redis(replica=replica) as found:
+        result: dict[str, Any] = uvloop.run(compare(found.standalone_url, found.cluster_seeds, calls=calls,
+                                                    rounds=rounds, callers=callers, pids=found.pids))
     return result
 
 
@@ -166,7 +203,9 @@ def describe(result: dict[str, Any]) -> str:
     us = result["us_per_call"]
     return (f"transport CPU per EVALSHA hold_seats ({result['callers']} callers, median of {result['rounds']} "
             f"alternating rounds): standalone {us['standalone']:.1f} µs, cluster {us['cluster']:.1f} µs, "
-            f"cluster/standalone {result['cluster_over_standalone']:.2f} (target <= 1.5)")
+            f"cluster/standalone {result['cluster_over_standalone']:.2f} (target <= 1.5)"
+            + "".join(f"; Redis CPU per call, {name}: " + ", ".join(f"{p} {us:.0f} µs" for p, us in processes.items())
+                      for name, processes in result.get("redis_us_per_call", {}).items()))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -178,6 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--standalone-url", help="use this Redis instead of starting one (with --cluster-seeds)")
     parser.add_argument("--cluster-seeds", help="use this cluster (comma-separated seed URLs) instead of starting one")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON line")
+    parser.add_argument("--replica", action="store_true",
+                        help="give the private standalone Redis a replica (the cluster's primaries have one each)")
     args = parser.parse_args(argv)
     if bool(args.standalone_url) != bool(args.cluster_seeds):
         parser.error("--standalone-url and --cluster-seeds go together")
@@ -187,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         result = uvloop.run(compare(args.standalone_url, args.cluster_seeds, calls=args.calls, rounds=args.rounds,
                                     callers=args.callers))
     else:
-        result = run(args.calls, args.rounds, args.callers)
+        result = run(args.calls, args.rounds, args.callers, replica=args.replica)
     if args.json:
         print(json.dumps(result))
         return
