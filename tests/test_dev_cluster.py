@@ -44,17 +44,19 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _pids_naming(words: list[str]) -> list[int]:
-    """Processes whose environment carries the marker or whose command line names one of ``words``."""
+def _pids_naming(words: list[str], tmp: Path) -> list[int]:
+    """Processes whose environment or command line names one of ``words``, or that work in ``tmp`` (a
+    redis-server rewrites its title and environment, but keeps its ``--dir`` as working directory)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
             blob = (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
         except OSError:
             continue
-        if any(word.encode() in blob for word in words):
+        if any(word.encode() in blob for word in words) or cwd.startswith(str(tmp)):
             found.append(int(entry.name))
     return found
 
@@ -145,7 +147,24 @@ def test_dev_cluster_runs_the_service_on_a_private_cluster_and_leaves_nothing(tm
     time.sleep(0.3)
     ports = [*nodes, *queue, run.port]
     assert [p for p in ports if _listening(p)] == [], "a port is still served after Ctrl-C"
-    assert _pids_naming([run.marker, *[f"port {p}" for p in ports], *[f":{p}" for p in ports]]) == []
+    assert _pids_naming([run.marker, *[f":{p}" for p in ports]], tmp_path) == []
+    assert list(tmp_path.iterdir()) == [], f"left behind: {list(tmp_path.iterdir())}"
+
+
+def test_ctrl_c_while_the_cluster_starts_leaves_nothing(tmp_path: Path) -> None:
+    """Ctrl-C before `seats dev --cluster` is ready (its nodes started, not yet joined or settled) stops at once:
+    it says so, exits 1, and no process or directory is left."""
+    run = DevCluster(tmp_path)
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("seats-dev-*/cluster/node2")):  # some nodes are up, the cluster is not
+        assert time.monotonic() < deadline and run.process.poll() is None, "the nodes never started"
+        time.sleep(0.01)
+    code = run.interrupt()
+    assert code == 1, "".join(run.lines)
+    assert "stopped before it was ready" in "".join(run.lines)
+    assert not any("seats is running" in line for line in run.lines)
+    time.sleep(0.3)
+    assert _pids_naming([run.marker], tmp_path) == []
     assert list(tmp_path.iterdir()) == [], f"left behind: {list(tmp_path.iterdir())}"
 
 
