@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --spawn and 'hold': also run each hold phase against a second service with "
                              "the limiter and caps off (" + ", ".join(f"{k}={v}" for k, v in CONTROLS_OFF.items())
                              + "), right after the controlled one, and report what the controls cost")
+    parser.add_argument("--cluster", action="store_true",
+                        help="with --spawn and 'hold': also spawn the same service on a private 6-node Redis Cluster "
+                             "(3 primaries, 3 replicas; the queue on a private Redis), run each hold phase there right "
+                             "after the standalone one, report cluster / standalone, and then time the two "
+                             "transports' CPU per EVALSHA side by side (loadtest.bench_transport)")
+    parser.add_argument("--standalone-replica", action="store_true",
+                        help="with --spawn: give the spawned standalone Redis a replica (REPLICAOF), so --cluster "
+                             "compares like with like (each of the cluster's primaries feeds a replica too)")
     parser.add_argument("--repeat", type=int, default=1, help="run everything N times, report medians (default 1)")
     parser.add_argument("--report", metavar="PATH", help="write the JSON report here")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
@@ -114,6 +122,10 @@ def spawn_env(args: argparse.Namespace) -> dict[str, str]:
         raise UsageError("--compare-controls needs --spawn (it starts a second service without controls)")
     if args.compare_controls and "hold" not in names:
         raise UsageError("--compare-controls compares the hold phase: add --scenario hold")
+    if args.standalone_replica and not args.spawn:
+        raise UsageError("--standalone-replica needs --spawn")
+    if args.cluster and (not args.spawn or "hold" not in names):
+        raise UsageError("--cluster needs --spawn and --scenario hold (it starts the same service on a cluster)")
     env = dict(SPAWN_DEFAULTS)
     needed: dict[str, tuple[str, str | None]] = {}  # setting: (scenario, value)
     for name in dict.fromkeys(names):
@@ -204,13 +216,17 @@ def _run_sync(args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
     with contextlib.ExitStack() as stack:
         if args.spawn:
             env.setdefault("SEATS_ADMIN_TOKEN", secrets.token_urlsafe(16))
-            system = stack.enter_context(spawn_system(env))
+            system = stack.enter_context(spawn_system(env, replica=args.standalone_replica))
             target = Target(system.base_url, system.redis_url, env["SEATS_ADMIN_TOKEN"], dict(system.roots))
             if args.pay_drain:
                 target.pause_worker = functools.partial(pause_tree, system.roots["worker"])
             if args.compare_controls:
                 bare = stack.enter_context(spawn_system({**env, **CONTROLS_OFF}))
                 target.controls_off = Target(bare.base_url, bare.redis_url, env["SEATS_ADMIN_TOKEN"], dict(bare.roots))
+            if args.cluster:
+                on_cluster = stack.enter_context(spawn_system(env, cluster=True))
+                target.cluster = Target(on_cluster.base_url, on_cluster.redis_url, env["SEATS_ADMIN_TOKEN"],
+                                        dict(on_cluster.roots))
         else:
             target = Target(args.url.rstrip("/"), args.redis_url, args.admin_token or "",
                             {"api": args.api_pid} if args.api_pid else {})
@@ -237,6 +253,7 @@ class Target:
     roots_baseline: int = 0
     pause_worker: Callable[[bool], None] | None = None
     controls_off: Target | None = None  # --compare-controls: the same service without limiter and caps
+    cluster: Target | None = None  # --cluster: the same service on a private Redis Cluster
 
 
 async def _run(args: argparse.Namespace, env: dict[str, str], target: Target) -> dict[str, Any]:
@@ -258,6 +275,11 @@ async def _run(args: argparse.Namespace, env: dict[str, str], target: Target) ->
         off = target.controls_off
         services.append(_Service(off, dataclasses.replace(ctx, base_url=off.base_url, redis_url=off.redis_url,
                                                           pause_worker=None, flights=[]), " controls off"))
+    if target.cluster is not None:
+        on_cluster = target.cluster
+        services.append(_Service(on_cluster, dataclasses.replace(ctx, base_url=on_cluster.base_url, flights=[],
+                                                                 redis_url=on_cluster.redis_url, pause_worker=None),
+                                 " cluster"))
     runs: dict[str, list[dict[str, Any]]] = {}
     violations: list[str] = []  # the scenarios' own invariants
     try:
@@ -280,7 +302,25 @@ async def _run(args: argparse.Namespace, env: dict[str, str], target: Target) ->
     finally:
         for service in services:
             await service.scrape.close()
-    return _assemble(args, env, ctx, runs, invariants=invariants, redis_url=target.redis_url)
+    report = _assemble(args, env, ctx, runs, invariants=invariants, redis_url=target.redis_url)
+    if target.cluster is not None and target.redis_url and target.cluster.redis_url:
+        report["transport"] = await _transport_bench(target.redis_url, target.cluster.redis_url)
+    return report
+
+
+async def _transport_bench(standalone_url: str, cluster_seeds: str) -> dict[str, Any]:
+    """``loadtest.bench_transport`` on the spawned Redis and cluster, in a process of its own (its CPU is
+    the figure; the services are idle by then)."""
+    import asyncio
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "loadtest.bench_transport", "--standalone-url", standalone_url,
+        "--cluster-seeds", cluster_seeds, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), ARQ_BASELINE_TIMEOUT_SECONDS)
+    if process.returncode != 0:
+        raise RuntimeError(f"the transport benchmark failed: {err.decode(errors='replace')[-500:]}")
+    figures: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return figures
 
 
 class _Service:
@@ -344,14 +384,10 @@ def _probe(roots: dict[str, int], redis_url: str | None) -> Any:
     async def probe() -> dict[str, float]:
         usage = {f"cpu.{k}": v for k, v in meter.read().items()}
         if redis_url:
-            import redis.asyncio as aioredis
+            from loadtest.system import command_calls
 
-            client = aioredis.Redis.from_url(redis_url)
-            try:
-                stats = await client.info("commandstats")
-            finally:
-                await client.aclose()
-            usage.update({f"redis.{k.removeprefix('cmdstat_')}": float(v["calls"]) for k, v in stats.items()})
+            calls = await command_calls(redis_url)
+            usage.update({f"redis.{k.removeprefix('cmdstat_')}": v for k, v in calls.items()})
         return usage
 
     return probe
@@ -477,6 +513,7 @@ def _assemble(args: argparse.Namespace, env: dict[str, str], ctx: Context, runs:
             "target": "spawn" if args.spawn else args.url,
             "settings": {k: v for k, v in env.items() if k != "SEATS_ADMIN_TOKEN"} if args.spawn else None,
             "settings_controls_off": CONTROLS_OFF if args.compare_controls else None,
+            "cluster": args.cluster, "standalone_replica": args.standalone_replica,
             "flights": ctx.flights, "command": " ".join(["seats", "loadtest", *sys.argv[2:]]),
         },
         "machine": machine(redis_url),
@@ -497,6 +534,12 @@ RATIOS = {  # name: (numerator phase, denominator phase, figure); "cpu" ratios a
     "hold_cpu_controls_off_vs_baseline": ("baseline POST", "hold controls off", "server_cpu_us_per_req"),
     "controls_rps_on_over_off": ("hold", "hold controls off", "rps"),
     "controls_cpu_on_over_off": ("hold", "hold controls off", "server_cpu_us_per_req"),
+    # --cluster: the hold on a private Redis Cluster; cluster / standalone is the hold ratio kept on a cluster
+    # (both against the same bare POST of the repeat: target >= 0.9), and its API CPU per hold (above 1 a cost)
+    "hold_cluster_vs_baseline": ("hold cluster", "baseline POST", "rps"),
+    "hold_cpu_cluster_vs_baseline": ("baseline POST", "hold cluster", "server_cpu_us_per_req"),
+    "cluster_hold_ratio_over_standalone": ("hold cluster", "hold", "rps"),
+    "cluster_cpu_per_hold_over_standalone": ("hold cluster", "hold", "server_cpu_us_per_req"),
     # scalper: the honest subjects' latency with the scalper running / alone
     "scalper_honest_p50_with_over_alone": ("honest with scalper", "honest alone", "p50_ms"),
     "scalper_honest_p99_with_over_alone": ("honest with scalper", "honest alone", "p99_ms"),

@@ -203,8 +203,10 @@ async def check_all(
     A flight with violations is checked once more a second later and only the second reading
     counts: the worker may still expire an order between our reads, a real violation stays.
     """
+    from loadtest.system import redis_client
+
     report = InvariantReport()
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client = redis_client(redis_url)  # a cluster's seed list too
     try:
         paying = await _quiet(client, flight_ids, settle_seconds)
         if paying:

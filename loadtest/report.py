@@ -151,6 +151,10 @@ def table(report: dict[str, Any]) -> str:
             extras.append(f"{name}: SSE {sse['connected']}/{sse['watchers']} watchers, {sse['events']} events, "
                           f"delivery p50 {sse['delivery_p50_ms']} ms p99 {sse['delivery_p99_ms']} ms, "
                           f"gaps {sse['gaps']}" + (f" ({sse['unavailable']})" if sse["unavailable"] else ""))
+    if report.get("transport"):
+        from loadtest.bench_transport import describe
+
+        extras.append(describe(report["transport"]))
     invariants = report.get("invariants", {})
     verdict = "OK" if invariants.get("ok") else f"VIOLATED ({invariants.get('violation_count')})"
     extras.append(f"invariants: {verdict} {invariants.get('checked', {})}")

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from service.devrunner import free_port, start_redis, stop_all, wait_for_ready
 
@@ -89,14 +90,84 @@ def _python(*args: str, env: Mapping[str, str], log: Path) -> subprocess.Popen[b
                             start_new_session=True)
 
 
+def redis_client(url: str) -> Any:
+    """An asyncio client for ``url``: ``RedisCluster`` for a comma-separated seed list (a cluster system's
+    ``redis_url``), else ``Redis``; both with ``decode_responses``."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+    if "," not in url:
+        return aioredis.Redis.from_url(url, decode_responses=True)
+    nodes = [ClusterNode(u.hostname or "127.0.0.1", u.port or 6379) for u in map(urlparse, url.split(","))]
+    return RedisCluster(startup_nodes=nodes, decode_responses=True)  # type: ignore[abstract]  # redis-py 5.2 stub
+
+
+async def command_calls(url: str) -> dict[str, float]:
+    """Calls per command (``INFO commandstats``) of the Redis at ``url``, summed over a cluster's primaries."""
+    import redis.asyncio as aioredis
+
+    totals: dict[str, float] = {}
+    for one in url.split(","):
+        client = aioredis.Redis.from_url(one)
+        try:
+            if "," in url and (await client.info("replication")).get("role") != "master":
+                continue
+            for name, stats in (await client.info("commandstats")).items():
+                totals[name] = totals.get(name, 0.0) + float(stats["calls"])
+        finally:
+            await client.aclose()
+    return totals
+
+
+def _start_cluster_data(data_dir: Path, processes: list[subprocess.Popen[bytes]]) -> tuple[dict[str, str],
+                                                                                               dict[str, int]]:
+    """A private 6-node cluster and a queue Redis (``seats dev --cluster``'s): the service's settings for
+    them and their roots for CPU accounting."""
+    from service.devcluster import start_cluster
+
+    (data_dir / "cluster").mkdir()
+    (data_dir / "queue").mkdir()
+    cluster = start_cluster(data_dir / "cluster", started=processes)
+    queue_process, queue_url = start_redis(data_dir / "queue")
+    processes.append(queue_process)
+    roots = {f"redis {port}": process.pid for port, process in zip(cluster.ports, cluster.processes, strict=True)}
+    env = {"SEATS_REDIS_CLUSTER": "true", "SEATS_REDIS_URL": cluster.seeds, "SEATS_QUEUE_REDIS_URL": queue_url}
+    return env, {**roots, "queue": queue_process.pid}
+
+
+def _start_replica(data_dir: Path, primary_url: str, processes: list[subprocess.Popen[bytes]]) -> int:
+    """A replica of the Redis at ``primary_url``, in sync when this returns; its pid."""
+    import redis
+
+    (data_dir / "replica").mkdir()
+    process, url = start_redis(data_dir / "replica")
+    processes.append(process)
+    primary = urlparse(primary_url)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        client.replicaof(primary.hostname or "127.0.0.1", primary.port or 6379)
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while client.info("replication").get("master_link_status") != "up":  # type: ignore[union-attr]
+            if time.monotonic() > deadline:
+                raise RuntimeError("the standalone Redis's replica did not sync")
+            time.sleep(0.05)
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    return process.pid
+
+
 @contextlib.contextmanager
 def spawn_system(
-    settings_env: Mapping[str, str], *, worker: bool = True, shared_metrics: bool = True
+    settings_env: Mapping[str, str], *, worker: bool = True, shared_metrics: bool = True, cluster: bool = False,
+    replica: bool = False,
 ) -> Iterator[Spawned]:
     """A private redis-server, ``seats api`` and ``seats worker`` with ``settings_env``; all stopped after.
 
     With ``shared_metrics``, ``PROMETHEUS_MULTIPROC_DIR`` points API and worker at one fresh
     directory, so the API's ``/metrics`` also shows the worker's counters (payments, expirations).
+    With ``cluster``, the data is on a private 6-node Redis Cluster (3 primaries, 3 replicas) and the
+    payment queue on a private Redis, as ``seats dev --cluster`` runs them; ``redis_url`` is the seed list.
+    With ``replica``, the standalone Redis gets a replica (``REPLICAOF``), as each of a cluster's primaries has.
     """
     with tempfile.TemporaryDirectory(prefix="seats-loadtest-") as tmp:
         data_dir = Path(tmp)
@@ -104,22 +175,29 @@ def spawn_system(
         metrics_dir.mkdir()
         processes: list[subprocess.Popen[bytes]] = []
         try:
-            redis_process, redis_url = start_redis(data_dir)
-            processes.append(redis_process)
+            if cluster:
+                data_env, redis_roots = _start_cluster_data(data_dir, processes)
+            else:
+                redis_process, url = start_redis(data_dir)
+                processes.append(redis_process)
+                data_env, redis_roots = {"SEATS_REDIS_URL": url}, {"redis": redis_process.pid}
+                if replica:
+                    redis_roots["replica"] = _start_replica(data_dir, url, processes)
+            redis_url = data_env["SEATS_REDIS_URL"]
             port = free_port()
-            env = {**os.environ, **settings_env, "SEATS_REDIS_URL": redis_url, "SEATS_HOST": "127.0.0.1",
+            env = {**os.environ, **settings_env, **data_env, "SEATS_HOST": "127.0.0.1",
                    "SEATS_PORT": str(port), "PYTHONUNBUFFERED": "1"}
             if shared_metrics:
                 env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
             api = _python("-m", "service.cli", "api", env=env, log=data_dir / "api.log")
             processes.append(api)
-            roots = {"api": api.pid, "redis": redis_process.pid}
+            roots = {"api": api.pid, **redis_roots}
             if worker:
                 worker_process = _python("-m", "service.cli", "worker", env=env, log=data_dir / "worker.log")
                 processes.append(worker_process)
                 roots["worker"] = worker_process.pid
             base_url = f"http://127.0.0.1:{port}"
-            wait_for_ready(base_url, processes[1:], READY_TIMEOUT_SECONDS)
+            wait_for_ready(base_url, processes, READY_TIMEOUT_SECONDS)
             yield Spawned(base_url, redis_url, processes, roots, env, data_dir)
         finally:
             stop_all(processes)
@@ -169,7 +247,7 @@ def machine(redis_url: str | None) -> dict[str, object]:
         import redis
 
         with contextlib.suppress(redis.RedisError):
-            client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, decode_responses=True)
+            client = redis.Redis.from_url(redis_url.split(",")[0], socket_connect_timeout=1, decode_responses=True)
             info: dict[str, Any] = client.info("server")  # type: ignore[assignment]
             redis_version = info.get("redis_version")
             client.close()  # type: ignore[no-untyped-call]

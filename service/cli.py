@@ -59,7 +59,10 @@ def _main(argv: list[str] | None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("api", help="serve the HTTP API (production, containers)")
     commands.add_parser("worker", help="run the arq worker under a supervisor (production, containers)")
-    commands.add_parser("dev", help="run Redis (private if SEATS_REDIS_URL is unset), API and worker")
+    dev = commands.add_parser("dev", help="run Redis (private if SEATS_REDIS_URL is unset), API and worker")
+    dev.add_argument("--cluster", action="store_true",
+                     help="run the data on a private 6-node Redis Cluster (3 primaries, 3 replicas) and the "
+                          "payment queue on a private Redis; needs redis-server and redis-cli on PATH")
     commands.add_parser("loadtest", add_help=False,
                         help="drive the service like a crowd, then verify it (seats loadtest --help)")
     args, rest = parser.parse_known_args(argv)
@@ -77,7 +80,7 @@ def _main(argv: list[str] | None) -> None:
         from service.devrunner import DevError, run_dev
 
         try:
-            sys.exit(run_dev())
+            sys.exit(run_dev(cluster=args.cluster))
         except DevError as exc:
             print(f"seats dev: {exc}", file=sys.stderr)
             sys.exit(1)

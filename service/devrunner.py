@@ -1,5 +1,8 @@
 """``seats dev``: Redis (private when ``SEATS_REDIS_URL`` is unset), API and one worker in one terminal.
 
+``seats dev --cluster``: a private 6-node Redis Cluster (:mod:`service.devcluster`) plus a standalone
+queue Redis for arq, the API and one worker, all in one temporary directory removed on exit.
+
 Everything started is its own process group and is stopped on Ctrl-C or SIGTERM; a lock file per
 port makes a second ``seats dev`` say clearly that one is already running.
 """
@@ -31,6 +34,10 @@ STOP_TIMEOUT_SECONDS = 8.0
 
 class DevError(RuntimeError):
     """``seats dev`` cannot start; the message says why and what to do."""
+
+
+class _StoppedWhileStarting(Exception):
+    """Ctrl-C or SIGTERM arrived before everything was ready."""
 
 
 def free_port() -> int:
@@ -149,18 +156,45 @@ def single_instance(settings: Settings) -> Iterator[IO[str]]:
         handle.close()
 
 
-def run_dev(settings: Settings | None = None) -> int:
-    """Start everything, print the URL, wait for Ctrl-C, stop everything."""
+def start_private_cluster(data_dir: Path, env: dict[str, str], processes: list[subprocess.Popen[bytes]]) -> None:
+    """A private cluster and a queue Redis under ``data_dir``; ``env`` gets the cluster settings (spec §12)."""
+    from service.devcluster import ClusterStartError, start_cluster
+
+    cluster_dir, queue_dir = data_dir / "cluster", data_dir / "queue"
+    cluster_dir.mkdir()
+    queue_dir.mkdir()
+    try:
+        cluster = start_cluster(cluster_dir, started=processes)
+    except ClusterStartError as exc:
+        raise DevError(str(exc)) from exc
+    queue_process, queue_url = start_redis(queue_dir)
+    processes.append(queue_process)
+    env.update(SEATS_REDIS_CLUSTER="true", SEATS_REDIS_URL=cluster.seeds, SEATS_QUEUE_REDIS_URL=queue_url)
+    print(f"private Redis Cluster at {cluster.seeds} (3 primaries, 3 replicas)", flush=True)
+    print(f"private queue Redis at {queue_url}", flush=True)
+
+
+def run_dev(settings: Settings | None = None, *, cluster: bool = False) -> int:
+    """Start everything, print the URL, wait for Ctrl-C, stop everything.
+
+    ``cluster``: the data on a private Redis Cluster (refused when ``SEATS_REDIS_URL`` names one's own
+    Redis: the two would disagree on where the data lives). Raises DevError.
+    """
+    if cluster and os.environ.get("SEATS_REDIS_URL"):
+        raise DevError("--cluster starts a private cluster and cannot use SEATS_REDIS_URL "
+                       f"({os.environ['SEATS_REDIS_URL']}); unset it, or run `seats dev` without --cluster")
     settings = settings or load_settings()
     with single_instance(settings):
         if port_in_use(settings.host, settings.port):
             raise DevError(f"Port {settings.port} is already in use; set SEATS_PORT to another port.")
         processes: list[subprocess.Popen[bytes]] = []
-        stop_requested = False
+        stop_requested, starting = False, True
 
         def on_signal(_signum: int, _frame: object) -> None:
             nonlocal stop_requested
             stop_requested = True
+            if starting:  # a cluster takes seconds to start: Ctrl-C then must not wait for it
+                raise _StoppedWhileStarting
 
         signal.signal(signal.SIGINT, on_signal)
         signal.signal(signal.SIGTERM, on_signal)
@@ -171,7 +205,9 @@ def run_dev(settings: Settings | None = None) -> int:
                 metrics_dir = Path(data_dir) / "metrics"
                 metrics_dir.mkdir()
                 env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
-                if not os.environ.get("SEATS_REDIS_URL"):
+                if cluster:
+                    start_private_cluster(Path(data_dir), env, processes)
+                elif not os.environ.get("SEATS_REDIS_URL"):
                     redis_process, env["SEATS_REDIS_URL"] = start_redis(Path(data_dir))
                     processes.append(redis_process)
                     print(f"private Redis at {env['SEATS_REDIS_URL']}", flush=True)
@@ -184,6 +220,7 @@ def run_dev(settings: Settings | None = None) -> int:
                 host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host  # noqa: S104
                 base_url = f"http://{host}:{settings.port}"
                 wait_for_ready(base_url, processes, READY_TIMEOUT_SECONDS)
+                starting = False
                 print(f"seats is running: open {base_url}/  (Ctrl-C stops everything)", flush=True)
                 while not stop_requested:
                     if any(p.poll() is not None for p in processes):
@@ -192,6 +229,10 @@ def run_dev(settings: Settings | None = None) -> int:
                         return 1
                     time.sleep(0.2)
                 return 0
+            except _StoppedWhileStarting:
+                print("stopped before it was ready", file=sys.stderr)
+                return 1
             finally:
+                starting = False  # a second Ctrl-C must not interrupt the clean-up
                 stop_all(processes)
                 print("seats dev stopped", flush=True)

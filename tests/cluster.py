@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -16,26 +15,10 @@ from pathlib import Path
 
 import redis
 
+from service.devcluster import free_cluster_port, join, node_command
 from tests.conftest import _die_with_parent
 
 NODE_TIMEOUT_MS = 1500  # how long a silent primary is trusted before its replica takes over
-
-
-def free_cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free as well."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + 10000 > 65535:
-            continue
-        with socket.socket() as bus:
-            try:
-                bus.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair for a cluster node")
 
 
 @dataclass
@@ -49,14 +32,9 @@ class ClusterNode:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is required for the cluster tests (.ci/run installs it)"
+        # the node `seats dev --cluster` runs, with AOF (a restarted node keeps its data) and a quick failover
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-             "--cluster-config-file", str(self.data_dir / "nodes.conf"), "--cluster-node-timeout",
-             str(NODE_TIMEOUT_MS), "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-             "--dir", str(self.data_dir), "--logfile", str(self.data_dir / "redis.log"),
-             "--cluster-require-full-coverage", "yes",
-             # a replica may always take over (the default refuses one that lost its link for long)
-             "--cluster-replica-validity-factor", "0"],
+            node_command(binary, self.port, self.data_dir, node_timeout_ms=NODE_TIMEOUT_MS, persistent=True),
             start_new_session=True, preexec_fn=_die_with_parent,  # noqa: PLW1509 - one prctl call
         )
         self.client().ping()
@@ -203,11 +181,7 @@ def local_cluster() -> Iterator[LocalCluster]:
                 node = ClusterNode(free_cluster_port(), directory)
                 node.start()
                 cluster.nodes.append(node)
-            subprocess.run(
-                ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in cluster.nodes],
-                 "--cluster-replicas", "1", "--cluster-yes"],
-                check=True, capture_output=True, timeout=60,
-            )
+            join("redis-cli", [n.port for n in cluster.nodes])
             cluster.wait_ok()
             yield cluster
         finally:

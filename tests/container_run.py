@@ -5,7 +5,9 @@ SPEC.json``: in a fresh network namespace, 127.0.0.1 is this run's alone, so the
 (8080, Redis on 6379, the worker's 9101) are used as the image and compose.yaml give them. Standard
 library only: it runs with whatever interpreter the test uses, outside pytest.
 
-SPEC: ``{"start": [{"name", "argv", "env", "cwd", "ready": CHECK | null}], "checks": [CHECK]}`` where
+SPEC: ``{"start": [{"name", "argv", "env", "cwd", "ready": CHECK | null, "completes": seconds}], "checks":
+[CHECK]}`` (``completes``: a one-shot job, such as compose's ``service_completed_successfully``: waited for
+before the next is started, and reported as the check ``"<name> completed"``, ok when it exited 0) where
 CHECK = ``{"name", "argv", "env", "cwd", "seconds", "every"}``: the command must exit 0 at least once
 within ``seconds`` (tried every ``every`` s), as Docker's HEALTHCHECK retries until its start period
 and retries run out. Prints ``{"checks": {name: {"ok", "output"}}, "exited": {name: returncode|null},
@@ -56,6 +58,13 @@ def main(spec_path: str) -> None:
                 process = subprocess.Popen(service["argv"], env=service["env"], cwd=service["cwd"], stdout=handle,
                                            stderr=subprocess.STDOUT, start_new_session=True)
             started.append((service["name"], process, log))
+            if service.get("completes"):
+                try:
+                    code: int | None = process.wait(float(service["completes"]))
+                except subprocess.TimeoutExpired:
+                    code = None
+                report["checks"][f"{service['name']} completed"] = {
+                    "ok": code == 0, "output": f"exit {code}: " + log.read_text(errors="replace")[-2000:]}
             if service.get("ready"):
                 report["checks"][service["ready"]["name"]] = probe(service["ready"])
         for check in spec["checks"]:

@@ -33,6 +33,17 @@ def plane() -> str:
     return "cluster"
 
 
+def _move_slot(slot: int, src: Any, dst: Any) -> None:
+    """Move ``slot`` from primary ``src`` to primary ``dst`` with its keys, telling only those two."""
+    src_id, dst_id = src.client().execute_command("CLUSTER MYID"), dst.client().execute_command("CLUSTER MYID")
+    dst.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
+    src.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
+    while batch := src.client().execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
+        src.client().execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *batch)
+    for node in (dst, src):
+        node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+
+
 @pytest.mark.parametrize("command", ["api", "worker"])
 def test_cluster_mode_without_a_queue_redis_refuses_to_start(command: str, data_url: str) -> None:
     """SEATS_REDIS_CLUSTER=true without SEATS_QUEUE_REDIS_URL: exit non-zero within 10 s, naming the variable."""
@@ -122,13 +133,7 @@ async def test_commands_follow_a_moved_slot(make_settings: Callable[..., Setting
                   and n.client().info("replication")["role"] == "master")
 
     def move(src: Any, dst: Any) -> None:
-        src_id, dst_id = src.client().execute_command("CLUSTER MYID"), dst.client().execute_command("CLUSTER MYID")
-        dst.client().execute_command("CLUSTER SETSLOT", slot, "IMPORTING", src_id)
-        src.client().execute_command("CLUSTER SETSLOT", slot, "MIGRATING", dst_id)
-        while batch := src.client().execute_command("CLUSTER GETKEYSINSLOT", slot, 100):
-            src.client().execute_command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *batch)
-        for node in (dst, src):
-            node.client().execute_command("CLUSTER SETSLOT", slot, "NODE", dst_id)
+        _move_slot(slot, src, dst)
 
     try:
         version = (await rig.domain.store.reads.flight_head("FL-001")).version
@@ -142,5 +147,29 @@ async def test_commands_follow_a_moved_slot(make_settings: Callable[..., Setting
         assert transport.primary_of(slot)[1] == target.port  # refreshed after the MOVED
     finally:
         move(target, source)
+        redis_cluster.wait_ok()
+        await rig.close()
+
+
+async def test_a_script_on_a_remembered_connection_follows_a_moved_slot(make_settings: Callable[..., Settings],
+                                                                         redis_cluster: Any) -> None:
+    """The transport's fast path (the slot's connection remembered after a first script) meets MOVED once the
+    slot moved: the script runs on the new owner, nothing is refused, and the next one goes there directly."""
+    rig = await open_rig(make_settings())
+    flight_key = keys.flight("FL-001")
+    slot = redis.crc.key_slot(flight_key.encode())
+    source = redis_cluster.primary_of(flight_key)
+    target = next(n for n in redis_cluster.nodes[:6] if n.port != source.port
+                  and n.client().info("replication")["role"] == "master")
+    try:
+        await rig.orders.create("FL-001", "o-fast-1", CALLER)  # the slot's connection is remembered now
+        _move_slot(slot, source, target)
+        for order_id in ("o-fast-2", "o-fast-3"):
+            created = await rig.orders.create("FL-001", order_id, CALLER)
+            assert created.order.state == "PENDING"
+            assert target.client().exists(keys.order("FL-001", order_id)) == 1, order_id
+        assert rig.domain.store.transport.primary_of(slot)[1] == target.port
+    finally:
+        _move_slot(slot, target, source)
         redis_cluster.wait_ok()
         await rig.close()

@@ -109,3 +109,60 @@ def test_dockerfile_installs_package_runs_unprivileged_and_has_healthcheck() -> 
     healthchecks = [i.args for i in final.all("HEALTHCHECK")]
     assert healthchecks and not healthchecks[-1].upper().startswith("NONE"), "final stage has no HEALTHCHECK"
     assert "/healthz" in healthchecks[-1], healthchecks[-1]
+
+
+def _words(command: str | list[str]) -> list[str]:
+    return command.split() if isinstance(command, str) else [str(w) for w in command]
+
+
+def test_compose_cluster_profile_has_six_nodes_a_join_a_queue_two_apis_and_two_workers() -> None:
+    """Profile `cluster` (spec §12): 6 cluster-enabled nodes (AOF, noeviction, healthchecked, own volumes), a
+    one-shot join creating 3 primaries with a replica each, a standalone queue Redis, and 2 APIs + 2 workers on
+    the cluster (seed list of node hostnames, SEATS_QUEUE_REDIS_URL on the queue) that wait for the join and the
+    queue. Nothing of it runs without the profile; the default services stay profile-free."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    cluster = {name: s for name, s in services.items() if "cluster" in (s.get("profiles") or [])}
+    assert not any(s.get("profiles") for name, s in services.items() if name not in cluster)
+    assert {"redis", "api", "worker"} <= set(services) - set(cluster)
+
+    nodes = {name: s for name, s in cluster.items() if "--cluster-enabled" in _words(s.get("command", []))}
+    assert len(nodes) == 6, sorted(nodes)
+    ports = set()
+    for name, node in nodes.items():
+        words = _words(node["command"])
+        wanted = (("--cluster-enabled", "yes"), ("--appendonly", "yes"), ("--maxmemory-policy", "noeviction"))
+        for flag, value in wanted:
+            assert words[words.index(flag) + 1] == value, (name, words)
+        ports.add(words[words.index("--port") + 1])
+        assert "healthcheck" in node and "ping" in " ".join(node["healthcheck"]["test"]), name
+        assert any(str(v).endswith(":/data") for v in node.get("volumes", [])), f"{name}: /data not on a volume"
+    assert len(ports) == 6, "every node needs a port of its own (their addresses share one slot map)"
+
+    joins = [name for name, s in cluster.items() if "--cluster create" in " ".join(_words(s.get("command", [])))]
+    assert len(joins) == 1, joins
+    join = cluster[joins[0]]
+    script = " ".join(_words(join["command"]))
+    assert "--cluster-replicas 1" in script and "--cluster-yes" in script, script
+    assert all(f"{name}:{port}" in script for name, port in
+               ((n, _words(s["command"])[_words(s["command"]).index("--port") + 1]) for n, s in nodes.items())), script
+    assert {n: d.get("condition") for n, d in join["depends_on"].items()} == dict.fromkeys(nodes, "service_healthy")
+    assert join.get("restart") == "no", "the join is a one-shot job"
+
+    apps = {name: s for name, s in cluster.items() if s.get("command") in (["seats", "api"], ["seats", "worker"])}
+    assert sorted(s["command"][1] for s in apps.values()) == ["api", "api", "worker", "worker"], sorted(apps)
+    for name, app in apps.items():
+        env = _environment(app)
+        assert env.get("SEATS_REDIS_CLUSTER") == "true", name
+        seeds = [urlparse(url) for url in env["SEATS_REDIS_URL"].split(",")]
+        assert seeds and all(u.scheme == "redis" and u.hostname in nodes for u in seeds), (name, seeds)
+        queue = urlparse(env["SEATS_QUEUE_REDIS_URL"])
+        assert queue.hostname in cluster and queue.hostname not in nodes, (name, queue.geturl())
+        assert "--appendonly" in _words(cluster[queue.hostname]["command"]), "the queue keeps its jobs (AOF)"
+        depends = app["depends_on"]
+        assert depends[joins[0]]["condition"] == "service_completed_successfully", (name, depends)
+        assert depends[queue.hostname]["condition"] == "service_healthy", (name, depends)
+    api_ports = [_environment(s)["SEATS_PORT"] for s in apps.values() if s["command"] == ["seats", "api"]]
+    assert len(set(api_ports)) == 2, api_ports
+    metrics = [_environment(s)["SEATS_WORKER_METRICS_PORT"] for s in apps.values()
+               if s["command"] == ["seats", "worker"]]
+    assert len(set(metrics)) == 2, metrics

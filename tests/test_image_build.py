@@ -41,6 +41,7 @@ PASSED_THROUGH = ("PIP_", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy",
 FLOW = """
 import json, sys, time, urllib.request
 base = sys.argv[1]
+seat = sys.argv[2] if len(sys.argv) > 2 else "1A"
 def call(method, path, body=None, token=None):
     request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
                                      headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -48,7 +49,7 @@ def call(method, path, body=None, token=None):
         return json.load(response)
 order = call("POST", "/orders", {"flightId": "FL-001"})
 oid, token = order["orderId"], order["token"]
-call("POST", f"/orders/{oid}/seats", {"seats": ["1A"]}, token)
+call("POST", f"/orders/{oid}/seats", {"seats": [seat]}, token)
 call("POST", f"/orders/{oid}/payment", {"code": "12345"}, token)
 for _ in range(300):
     state = call("GET", f"/orders/{oid}", token=token)["state"]
@@ -181,7 +182,10 @@ def _cmd(image: Image) -> list[str]:
 
 
 def _report_failures(report: dict[str, Any]) -> str:
-    return json.dumps(report, indent=1)[-8000:]
+    """The failing checks in full, then the rest of the report (logs last, cut to fit)."""
+    failing = {name: check for name, check in report["checks"].items() if not check["ok"]}
+    return (json.dumps({"failing": failing, "exited": report["exited"]}, indent=1)
+            + json.dumps(report["logs"], indent=1)[-6000:])
 
 
 def test_image_cmd_serves_and_passes_its_healthcheck(image: Image, tmp_path: Path) -> None:
@@ -212,21 +216,51 @@ def _compose_env(service: dict[str, Any], hostnames: set[str]) -> dict[str, str]
     return env
 
 
-def _words(command: str | list[str]) -> list[str]:
-    return command.split() if isinstance(command, str) else [str(w) for w in command]
+def _words(command: str | list[str], hostnames: set[str]) -> list[str]:
+    """A command as compose runs it (``$$`` is a literal ``$``), its hostnames mapped to 127.0.0.1 where they name
+    a host: ``host:port``, ``-h host`` (as a word after ``-h`` or inside a shell script)."""
+    words = command.split() if isinstance(command, str) else [str(w) for w in command]
+    names = "|".join(map(re.escape, sorted(hostnames, key=len, reverse=True)))
+    pattern = re.compile(rf"(?<![\w.-])(?:{names})(?=:\d)|(?<=-h )(?:{names})(?=\s|$)")
+    mapped = [pattern.sub("127.0.0.1", word.replace("$$", "$")) for word in words]
+    return [("127.0.0.1" if word in hostnames and index and mapped[index - 1] == "-h" else word)
+            for index, word in enumerate(mapped)]
 
 
-def _compose_services(image: Image, tmp_path: Path) -> list[dict[str, Any]]:
-    """Every compose service as a process: ours run the image's venv, redis images this machine's redis-server."""
-    compose = yaml.safe_load(COMPOSE.read_text())
+def _profile(compose: dict[str, Any], profile: str | None) -> dict[str, Any]:
+    """The services ``docker compose [--profile P] up`` starts: those without profiles, or those of P only."""
     services: dict[str, Any] = compose["services"]
-    hostnames = set(services)
+
+    def wanted(service: dict[str, Any]) -> bool:
+        profiles = service.get("profiles") or []
+        return profile in profiles if profile else not profiles
+
+    chosen = {name: service for name, service in services.items() if wanted(service)}
+    for name, service in chosen.items():
+        missing = set(service.get("depends_on") or {}) - set(chosen)
+        assert not missing, f"{name} depends on {missing}, outside its profile"
+    return chosen
+
+
+def _one_shot(services: dict[str, Any]) -> set[str]:
+    """Services others wait for to finish (``condition: service_completed_successfully``)."""
+    return {dependency for service in services.values() for dependency, how in (service.get("depends_on") or {}).items()
+            if isinstance(how, dict) and how.get("condition") == "service_completed_successfully"}
+
+
+def _compose_services(image: Image, tmp_path: Path, profile: str | None = None) -> list[dict[str, Any]]:
+    """Every compose service of ``profile`` as a process: ours run the image's venv, redis images this machine's
+    redis-server and redis-cli (compose hostnames on 127.0.0.1)."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    services = _profile(compose, profile)
+    hostnames = set(compose["services"])
+    one_shot = _one_shot(services)
     started = []
     for name in _start_order(services):
         service = services[name]
         env = _compose_env(service, hostnames)
         if "build" in service or service.get("image") == "seats:local":
-            argv = image.command(_words(service.get("command") or _cmd(image)))
+            argv = image.command(_words(service.get("command") or _cmd(image), hostnames))
             started.append({"name": name, "argv": argv, "env": {**image.env, **env}, "cwd": str(tmp_path),
                             "ready": None})
             continue
@@ -239,8 +273,8 @@ def _compose_services(image: Image, tmp_path: Path) -> list[dict[str, Any]]:
             assert test[0] == "CMD-SHELL", test
             ready = {"name": f"{name} healthcheck", "argv": ["/bin/sh", "-c", test[1].replace("$$", "$")],
                      "env": {"PATH": BASE_PATH}, "seconds": 15}
-        started.append({"name": name, "argv": _words(service["command"]), "env": env, "cwd": str(data),
-                        "ready": ready})
+        started.append({"name": name, "argv": _words(service["command"], hostnames), "env": {"PATH": BASE_PATH, **env},
+                        "cwd": str(data), "ready": ready, "completes": 90 if name in one_shot else None})
     return started
 
 
@@ -261,7 +295,8 @@ def _start_order(services: dict[str, Any]) -> list[str]:
 
 
 def test_compose_services_run_with_compose_environment(image: Image, tmp_path: Path) -> None:
-    """Every compose service's command runs with compose's environment: API healthy, worker pays, metrics served."""
+    """Every default compose service's command runs with compose's environment: API healthy, worker pays, metrics
+    served (the `cluster` profile's services are not started by a plain `docker compose up`)."""
     compose = yaml.safe_load(COMPOSE.read_text())
     worker_env = _compose_env(compose["services"]["worker"], set(compose["services"]))
     python = image.command(["python"])[0]
@@ -276,6 +311,64 @@ def test_compose_services_run_with_compose_environment(image: Image, tmp_path: P
     report = _run_in_netns({"start": _compose_services(image, tmp_path), "checks": checks}, tmp_path)
     assert all(c["ok"] for c in report["checks"].values()), _report_failures(report)
     assert all(code is None for code in report["exited"].values()), _report_failures(report)
+    assert not any(name.startswith("cluster") for name in report["exited"]), "the cluster profile is not default"
+
+
+CLUSTER_KEYS = """
+import sys, redis
+ports = [int(p) for p in sys.argv[1:]]
+infos = [redis.Redis(port=p, decode_responses=True).cluster("info") for p in ports]
+assert {i["cluster_state"] for i in infos} == {"ok"} and {int(i["cluster_size"]) for i in infos} == {3}, infos
+primaries = [p for p in ports if redis.Redis(port=p).info("replication")["role"] == "master"]
+assert len(primaries) == 3, primaries
+assert sum(redis.Redis(port=p).dbsize() for p in primaries) > 0, "no key on the cluster"
+print("ok", primaries)
+"""
+
+
+def test_compose_cluster_profile_runs_with_compose_environment(image: Image, tmp_path: Path) -> None:
+    """Profile `cluster`: six nodes, the one-shot join, a queue Redis, two APIs and two workers, each with compose's
+    command and environment: the join completes, both APIs pass the image's HEALTHCHECK and /readyz (every primary,
+    the queue), a payment made through each API is processed, the keys are on the cluster, both workers serve
+    metrics, and nothing but the join has exited."""
+    compose = yaml.safe_load(COMPOSE.read_text())
+    cluster = _profile(compose, "cluster")
+    hostnames = set(compose["services"])
+    python = image.command(["python"])[0]
+    venv_python = image.command(["/opt/venv/bin/python"])[0]
+    checks: list[dict[str, Any]] = []
+    nodes = []
+    for service in cluster.values():
+        words = _words(service["command"], hostnames)
+        if "--cluster-enabled" in words:
+            nodes.append(words[words.index("--port") + 1])
+    apis = [name for name, s in cluster.items() if s.get("command") == ["seats", "api"]]
+    workers = [name for name, s in cluster.items() if s.get("command") == ["seats", "worker"]]
+    assert len(nodes) == 6 and len(apis) == 2 and len(workers) == 2, (nodes, apis, workers)
+    for seat, name in zip(("1A", "1B"), apis, strict=True):
+        port = _compose_env(cluster[name], hostnames)["SEATS_PORT"]
+        env = {**image.env, "SEATS_PORT": port}
+        checks += [
+            {**_healthcheck(image), "name": f"{name} HEALTHCHECK", "env": env},
+            {"name": f"{name} ready", "argv": [python, "-c", "import urllib.request; urllib.request.urlopen("
+                                                f"'http://127.0.0.1:{port}/readyz', timeout=2)"],
+             "env": image.env, "seconds": 20},
+            {"name": f"a payment through {name} is processed",
+             "argv": [python, "-c", FLOW, f"http://127.0.0.1:{port}", seat], "env": image.env, "seconds": 30,
+             "every": 1},
+        ]
+    for name in workers:
+        port = _compose_env(cluster[name], hostnames)["SEATS_WORKER_METRICS_PORT"]
+        checks.append({"name": f"{name} metrics", "argv": [python, "-c", "import urllib.request; urllib.request."
+                                                            f"urlopen('http://127.0.0.1:{port}/metrics')"],
+                       "env": image.env, "seconds": 20})
+    checks.append({"name": "the data is on the cluster", "argv": [venv_python, "-c", CLUSTER_KEYS, *nodes],
+                   "env": image.env, "seconds": 10})
+    report = _run_in_netns({"start": _compose_services(image, tmp_path, "cluster"), "checks": checks}, tmp_path)
+    assert report["checks"].get("cluster-join completed", {}).get("ok"), _report_failures(report)
+    assert all(c["ok"] for c in report["checks"].values()), _report_failures(report)
+    running = {name: code for name, code in report["exited"].items() if name not in _one_shot(cluster)}
+    assert all(code is None for code in running.values()), _report_failures(report)
 
 
 def test_load_harness_is_left_out_and_says_so(image: Image) -> None:

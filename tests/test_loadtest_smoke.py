@@ -172,7 +172,34 @@ def test_compare_controls_runs_each_hold_phase_against_a_service_without_control
             assert ratios[name], (name, ratios)
 
 
+def test_cluster_runs_each_hold_phase_on_a_private_cluster_too(tmp_path: Path) -> None:
+    """--cluster (with --standalone-replica): each hold phase runs again on the same service on a private 6-node
+    cluster; both are consistent (the invariants read the cluster), the cluster's commands are counted on its
+    primaries, the cluster/standalone ratios are reported, and the transports' CPU per EVALSHA is measured."""
+    report_path = tmp_path / "report.json"
+    result = run_harness("--spawn", "--baseline", "--cluster", "--standalone-replica", "--scenario", "hold",
+                         "--users", "4", "--duration", "1", "--warmup", "0.3", "--report", str(report_path),
+                         timeout=300)
+    report = _report(result, report_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert report["invariants"]["ok"] is True and report["invariants"]["checked"]["flights"] == 2
+    standalone, cluster = report["scenarios"]["hold"], report["scenarios"]["hold cluster"]
+    for phase in (standalone, cluster):
+        assert phase["requests"] > 0 and set(phase["statuses"]) == {"200"}, phase
+        assert phase["redis_calls_per_req"].get("evalsha", 0) >= 0.9, phase["redis_calls_per_req"]
+    assert "replica" in standalone["cpu_seconds"], standalone["cpu_seconds"]
+    assert sum(1 for name in cluster["cpu_seconds"] if name.startswith("redis ")) == 6, cluster["cpu_seconds"]
+    ratios = report["ratios_per_repeat"][0]
+    assert ratios["cluster_hold_ratio_over_standalone"] == pytest.approx(cluster["rps"] / standalone["rps"], rel=0.01)
+    transport = report["transport"]
+    assert transport["us_per_call"]["standalone"] > 0 and transport["us_per_call"]["cluster"] > 0, transport
+    assert "cluster/standalone" in result.stdout
+
+
 @pytest.mark.parametrize(("args", "message"), [
+    (["--url", "http://127.0.0.1:9", "--cluster"], "--cluster needs --spawn"),
+    (["--spawn", "--cluster", "--scenario", "read"], "--cluster needs --spawn and --scenario hold"),
+    (["--url", "http://127.0.0.1:9", "--standalone-replica"], "--standalone-replica needs --spawn"),
     (["--spawn", "--scenario", "hold", "--scenario", "scalper"], "cannot share one spawned service"),
     (["--url", "http://127.0.0.1:9", "--compare-controls"], "--compare-controls needs --spawn"),
     (["--spawn", "--compare-controls", "--scenario", "read"], "add --scenario hold"),

@@ -242,6 +242,19 @@ async def test_redis_errors_are_not_refusals(mux: MultiplexedRedis, admin: aiore
         await admin.config_set("maxmemory", 0)
 
 
+async def test_a_primary_short_of_replicas_is_unavailable(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
+    """``min-replicas-to-write`` (README "Redis Cluster": durability over availability) refuses writes with
+    NOREPLICAS while too few replicas are connected: a 503 (StoreUnavailable), never a 500."""
+    scripts = Scripts(standalone(mux))
+    await admin.config_set("min-replicas-to-write", 1)
+    try:
+        with pytest.raises(errors.StoreUnavailable, match="NOREPLICAS"):
+            await scripts.run("put_flight", ["seats:{X}:flight", "seats:{X}:changes", "seats:{X}:deadlines"],
+                              ["seats:{X}:events", 10, "X", 2, "AB", 4, "put"])
+    finally:
+        await admin.config_set("min-replicas-to-write", 0)
+
+
 async def test_script_cache_flush_is_survived(mux: MultiplexedRedis, admin: aioredis.Redis) -> None:
     """After SCRIPT FLUSH a script is loaded again when called, and readiness's check loads them all."""
     scripts = Scripts(standalone(mux))

@@ -7,7 +7,8 @@ connection refused, reset, timed out, closed      ``StoreUnavailable`` (503); a 
 (``OSError``, ``TimeoutError``, redis-py's)       an unknown outcome: nothing is retried blindly
 error reply ``LOADING``, ``BUSY``, ``OOM``,       ``StoreUnavailable``: Redis cannot take it *now*
 ``READONLY``, ``MASTERDOWN``, ``TRYAGAIN``,
-``CLUSTERDOWN``
+``CLUSTERDOWN``, ``NOREPLICAS`` (a primary with
+``min-replicas-to-write`` and too few replicas)
 error reply ``NOSCRIPT``                          handled by ``store.scripts`` (run again with EVAL)
 error reply ``MOVED`` / ``ASK``                   handled by ``store.transport`` (follow it)
 a script's ``redis.error_reply('CODE detail')``   ``Refusal`` (or its subclass of REFUSAL_CLASSES):
@@ -31,7 +32,8 @@ from service.store.connection import RedisReplyError
 
 CONNECTION_ERRORS: Final = (OSError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 REPLY_ERRORS: Final = (RedisReplyError, ResponseError)
-UNAVAILABLE_CODES: Final = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN"})
+UNAVAILABLE_CODES: Final = frozenset({"LOADING", "BUSY", "MASTERDOWN", "READONLY", "TRYAGAIN", "OOM", "CLUSTERDOWN",
+                                      "NOREPLICAS"})
 # The codes our scripts refuse with (``fail(...)`` in lua/; a test keeps this in step).
 REFUSAL_CODES: Final = frozenset({
     "CLOSED", "CONFLICT", "FLIGHT_IN_USE", "FLIGHT_NOT_FOUND", "HOLD_CAP", "IDEMPOTENCY_REUSED", "KEYS_MISMATCH",
