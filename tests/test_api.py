@@ -289,6 +289,11 @@ def test_openapi_and_health(client: Any) -> None:
     """The OpenAPI document is served and health endpoints answer."""
     schema = client.get("/schema/openapi.json").json()
     assert "/orders/{order_id}/seats" in schema["paths"]
+    for path, item in schema["paths"].items():  # service.api.request_id answers it on every response
+        for method, operation in item.items():
+            assert any(p["name"] == "X-Request-Id" for p in operation.get("parameters", [])), (method, path)
+            for status, response in operation["responses"].items():
+                assert "X-Request-Id" in response.get("headers", {}), (method, path, status)
     docs = client.get("/schema")
     assert docs.status_code == 200 and "/orders/{order_id}/seats" in docs.text
     assert "http://" not in docs.text and "https://" not in docs.text  # no CDN: works on a closed network

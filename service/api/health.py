@@ -6,17 +6,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from litestar import Response, get
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.plugins.prometheus import PrometheusController
 from litestar.types import ControllerRouterHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.api.deps import ServicesDep
+from service.api.openapi import route_doc
 from service.models import Readiness
 from service.wiring import Services
 
 
-@get("/healthz")
+@get("/healthz", **route_doc("healthz"))
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers (no I/O)."""
     return {"status": "ok"}
@@ -61,7 +61,7 @@ PINGS: tuple[tuple[str, Callable[[Services], Awaitable[str | None]]], ...] = (
 PING_TIMEOUT_SECONDS = 2.0
 
 
-@get("/readyz", responses={503: ResponseSpec(Readiness, description="A check fails (`failing` says why).")})
+@get("/readyz", **route_doc("readyz"))
 async def readyz(services: ServicesDep) -> Response[Readiness]:
     """Readiness as a list of pings: ``{"ok": [...], "failing": {name: why}}``, 503 when any fails
     (data Redis on every primary, the queue, the scripts, the event subscription, ``maxmemory-policy``
@@ -84,7 +84,7 @@ async def readyz(services: ServicesDep) -> Response[Readiness]:
 class MetricsController(PrometheusController):
     """Litestar's ``/metrics``, documented with the content type it sends (not JSON)."""
 
-    @get(media_type=CONTENT_TYPE_LATEST)
+    @get(media_type=CONTENT_TYPE_LATEST, **route_doc("metrics"))
     async def get(self) -> Response[bytes]:
         """Prometheus text exposition (the worker's counters too when a multiprocess directory is shared)."""
         response: Response[bytes] = await PrometheusController.get.fn(self)

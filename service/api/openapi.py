@@ -36,7 +36,7 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
-from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, SEAT_ID_REGEX, ErrorBody, Flight
+from service.models import FLIGHT_ID_REGEX, ORDER_ID_REGEX, SEAT_ID_REGEX, ErrorBody, Flight, Readiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +105,9 @@ IF_NONE_MATCH = _header("If-None-Match", 'The map\'s ETag (`"<hash>"`, `W/"<hash
                         Schema(type=_STRING))
 LAST_EVENT_ID = _header("Last-Event-ID", "Resume after this event id: the missed events, or a fresh snapshot.",
                         Schema(type=_STRING))
+REQUEST_ID = _header("X-Request-Id", "The caller's request id, kept when 1-128 characters of `A-Z a-z 0-9 . _ : -` "
+                     "(else a new one is made); every response returns it, every log line of the request has it.",
+                     Schema(type=_STRING, pattern="^[A-Za-z0-9._:-]{1,128}$"))
 TOKEN_QUERY = Parameter(name="token", param_in="query", required=False, schema=Schema(type=_STRING),
                         description="The order token, for clients that cannot set headers (EventSource).")
 ADMIN_TOKEN_QUERY = Parameter(name="token", param_in="query", required=False, schema=Schema(type=_STRING),
@@ -120,6 +123,8 @@ _HEADERS: dict[str, OpenAPIHeader] = {
     "Idempotent-Replayed": OpenAPIHeader(description="`true` on a replay of an earlier response to this key.",
                                          schema=Schema(type=_STRING, enum=["true"])),
     "ETag": OpenAPIHeader(description='`"<hash>"` of the seat map.', schema=Schema(type=_STRING)),
+    "X-Request-Id": OpenAPIHeader(description="The request's id (the caller's when well formed): find its log lines.",
+                                  schema=Schema(type=_STRING), required=True),
 }
 # Ids in paths (flights.FLIGHT_ID_PATTERN, orders.check_order_id); anything else is a 404.
 _PATH_PATTERNS = {"flight_id": FLIGHT_ID_REGEX, "order_id": ORDER_ID_REGEX, "seat_id": SEAT_ID_REGEX}
@@ -155,6 +160,9 @@ class RouteDoc:
 
 
 ROUTES: dict[str, RouteDoc] = {
+    "healthz": RouteDoc(()),
+    "readyz": RouteDoc((), also=(Also(503, Readiness, "A check fails (`failing` says why)."),)),
+    "metrics": RouteDoc(()),
     "list_flights": RouteDoc(_READ),
     "get_flight": RouteDoc((*_READ, "flight_not_found")),
     "put_flight": RouteDoc(("invalid_request", "payload_too_large", "store_unavailable", "unauthorized",
@@ -233,7 +241,7 @@ def _operation_class(doc: RouteDoc, codes_by_status: dict[int, list[str]]) -> ty
     @dataclass
     class DocumentedOperation(Operation):
         def __post_init__(self) -> None:
-            self.parameters = [*_with_path_patterns(self.parameters or []), *doc.headers] or None
+            self.parameters = [*_with_path_patterns(self.parameters or []), *doc.headers, REQUEST_ID]
             if self.responses and 400 not in codes_by_status:
                 # Litestar's own ValidationException schema: its path and query parameters are plain
                 # strings, so it cannot fail; and our 400s are ErrorBody anyway
@@ -254,7 +262,7 @@ def _with_path_patterns(parameters: list[Parameter | Reference]) -> list[Paramet
 
 def _decorate_response(response: OpenAPIResponse, status: int, doc: RouteDoc,
                        codes_by_status: dict[int, list[str]]) -> None:
-    names: list[str] = []
+    names = ["X-Request-Id"]  # service.api.request_id sets it on every response, errors included
     if status < 400:
         names += list(doc.success_headers) if status in (200, 304) else []
         names += list(_WRITE_SUCCESS_HEADERS) if IDEMPOTENCY_KEY in doc.headers and status != 304 else []
@@ -262,8 +270,7 @@ def _decorate_response(response: OpenAPIResponse, status: int, doc: RouteDoc,
         names += ["Retry-After", "RateLimit-Policy", "RateLimit"]
     elif status == 409 and "idempotency_in_progress" in doc.errors:
         names.append("Retry-After")
-    if names:
-        response.headers = {**(response.headers or {}), **{name: _HEADERS[name] for name in names}}
+    response.headers = {**(response.headers or {}), **{name: _HEADERS[name] for name in names}}
     codes = codes_by_status.get(status)
     media = (response.content or {}).get("application/json")
     if codes and media is not None and media.schema is not None:
