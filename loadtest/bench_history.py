@@ -11,12 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
-from pathlib import Path
 
 import redis
 
-from service.devrunner import start_redis, stop_all
+from loadtest.system import alternate_rounds
 from service.orders import OrderScripts, hash_token
 from service.settings import load_settings
 from service.store import keys, open_store
@@ -65,17 +63,10 @@ def main() -> None:
     parser.add_argument("--swaps", type=int, default=8000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[bool, list[tuple[float, int]]] = {False: [], True: []}
-    for _ in range(args.rounds):
-        for history in (False, True):
-            with tempfile.TemporaryDirectory(prefix="seats-bench-history-") as tmp:
-                process, url = start_redis(Path(tmp))
-                try:
-                    results[history].append(asyncio.run(_round(url, args.swaps, history)))
-                finally:
-                    stop_all([process])
-            usec, memory = results[history][-1]
-            print(f"{'with' if history else 'without'} history: {usec:.1f} µs per hold_seats, {memory / 1e6:.2f} MB")
+    results = alternate_rounds(
+        args.rounds, "seats-bench-history-", lambda url, history: _round(url, args.swaps, history),
+        lambda history, result: print(f"{'with' if history else 'without'} history: {result[0]:.1f} µs per "
+                                      f"hold_seats, {result[1] / 1e6:.2f} MB"))
     off, on = (statistics.median(usec for usec, _ in results[h]) for h in (False, True))
     extra_memory = statistics.median(m for _, m in results[True]) - statistics.median(m for _, m in results[False])
     changes = (args.swaps // ORDERS) * ORDERS * 8  # seat changes: 4 held and 4 released per swap

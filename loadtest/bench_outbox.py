@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import tempfile
-from pathlib import Path
 
 import redis
 
-from service.devrunner import start_redis, stop_all
+from loadtest.system import alternate_rounds
 from service.orders import OrderScripts, hash_token
 from service.settings import load_settings
 from service.store import keys, open_store
@@ -67,16 +65,9 @@ def main() -> None:
     parser.add_argument("--orders", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    results: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(args.rounds):
-        for webhooks in (False, True):
-            with tempfile.TemporaryDirectory(prefix="seats-bench-outbox-") as tmp:
-                process, url = start_redis(Path(tmp))
-                try:
-                    results[webhooks].append(asyncio.run(_round(url, args.orders, webhooks)))
-                finally:
-                    stop_all([process])
-            print(f"{'with' if webhooks else 'without'} webhooks: {results[webhooks][-1]:.1f} µs per cancel_order")
+    results = alternate_rounds(
+        args.rounds, "seats-bench-outbox-", lambda url, webhooks: _round(url, args.orders, webhooks),
+        lambda webhooks, usec: print(f"{'with' if webhooks else 'without'} webhooks: {usec:.1f} µs per cancel_order"))
     off, on = (statistics.median(results[w]) for w in (False, True))
     print(f"median: {off:.1f} -> {on:.1f} µs per 4-seat cancel (+{on - off:.1f} µs, x{on / off:.2f})")
 

@@ -6,6 +6,7 @@ server's are apart and can be accounted separately from ``/proc``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -14,10 +15,10 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from service.devrunner import free_port, start_redis, stop_all, wait_for_ready
@@ -253,3 +254,30 @@ def machine(redis_url: str | None) -> dict[str, object]:
             client.close()  # type: ignore[no-untyped-call]
     return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
             "kernel": platform.release(), "redis": redis_version, "packages": versions}
+
+
+T = TypeVar("T")
+
+
+def alternate_rounds(rounds: int, prefix: str, run_round: Callable[[str, bool], Awaitable[T]],
+                     report: Callable[[bool, T], None]) -> dict[bool, list[T]]:
+    """A/B in alternating rounds: ``run_round(redis_url, on)`` without (``on`` False), then with, ``rounds``
+    times, each round on a fresh private redis-server (a ``prefix``ed temporary directory) so that neither
+    side inherits the other's memory or statistics; ``report`` prints each result as it comes."""
+    from service.devrunner import start_redis, stop_all
+
+    results: dict[bool, list[T]] = {False: [], True: []}
+    for _ in range(rounds):
+        for on in (False, True):
+            with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+                process, url = start_redis(Path(tmp))
+                try:
+                    results[on].append(asyncio.run(_awaited(run_round(url, on))))
+                finally:
+                    stop_all([process])
+            report(on, results[on][-1])
+    return results
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable

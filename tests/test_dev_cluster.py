@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import redis
 
 from service.store import keys
 from tests.conftest import REPO, free_port
+from tests.devrun import SeatsDev, listening
 
 pytestmark = pytest.mark.e2e
 
@@ -37,11 +36,6 @@ def _call(base: str, method: str, path: str, body: Any = None, token: str | None
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _pids_naming(words: list[str], tmp: Path) -> list[int]:
@@ -61,44 +55,14 @@ def _pids_naming(words: list[str], tmp: Path) -> list[int]:
     return found
 
 
-class DevCluster:
-    """One `seats dev --cluster` process with its own port and TMPDIR."""
+class DevCluster(SeatsDev):
+    """One `seats dev --cluster` process with its own port and TMPDIR, and no SEATS_* of ours."""
 
-    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path) -> None:
         self.marker = uuid.uuid4().hex
-        self.port = free_port()
         self.tmp = tmp
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SEATS_")}
-        env.update(SEATS_PORT=str(self.port), SEATS_DEV_TEST_MARKER=self.marker, PYTHONUNBUFFERED="1",
-                   TMPDIR=str(tmp), **(extra_env or {}))
-        self.process = subprocess.Popen([sys.executable, "-m", "service.cli", "dev", "--cluster"], env=env, cwd=REPO,
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        self.lines: list[str] = []
-
-    def wait_for_url(self, timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                break
-            self.lines.append(line)
-            if "seats is running" in line:
-                return line.split("open ", 1)[1].split()[0].rstrip("/")
-        raise AssertionError("seats dev --cluster never printed its URL:\n" + "".join(self.lines))
-
-    def ports(self, label: str) -> list[int]:
-        """The ports of the URLs on the line starting with ``label``."""
-        line = next(line for line in self.lines if line.startswith(label))
-        urls = line.split(" at ", 1)[1].split()[0]
-        return [int(url.rsplit(":", 1)[1].split("/")[0]) for url in urls.split(",")]
-
-    def interrupt(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(60)
-        assert self.process.stdout is not None
-        self.lines.extend(self.process.stdout.readlines())
-        return code
+        super().__init__(free_port(), ["--cluster"], {"SEATS_DEV_TEST_MARKER": self.marker, "TMPDIR": str(tmp)},
+                         keep_env=lambda name: not name.startswith("SEATS_"))
 
 
 def test_dev_cluster_runs_the_service_on_a_private_cluster_and_leaves_nothing(tmp_path: Path) -> None:
@@ -106,7 +70,7 @@ def test_dev_cluster_runs_the_service_on_a_private_cluster_and_leaves_nothing(tm
     paid with its keys on the cluster; Ctrl-C stops every process, frees every port, removes every temp dir."""
     run = DevCluster(tmp_path)
     try:
-        base = run.wait_for_url()
+        base = run.wait_for_url(90).rstrip("/")
         nodes, queue = run.ports("private Redis Cluster at"), run.ports("private queue Redis at")
         assert len(nodes) == 6 and len(queue) == 1, run.lines
         infos = [redis.Redis(port=p, decode_responses=True).cluster("info") for p in nodes]
@@ -146,7 +110,7 @@ def test_dev_cluster_runs_the_service_on_a_private_cluster_and_leaves_nothing(tm
     assert "seats dev stopped" in "".join(run.lines)
     time.sleep(0.3)
     ports = [*nodes, *queue, run.port]
-    assert [p for p in ports if _listening(p)] == [], "a port is still served after Ctrl-C"
+    assert [p for p in ports if listening(p)] == [], "a port is still served after Ctrl-C"
     assert _pids_naming([run.marker, *[f":{p}" for p in ports]], tmp_path) == []
     assert list(tmp_path.iterdir()) == [], f"left behind: {list(tmp_path.iterdir())}"
 

