@@ -26,6 +26,7 @@ from typing import IO
 
 import redis
 
+from service.logs import redacted_url
 from service.settings import Settings, load_settings
 
 READY_TIMEOUT_SECONDS = 30.0
@@ -70,12 +71,19 @@ def redis_binary() -> str:
     return str(get_binary_path())
 
 
-def start_redis(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start a private, non-persistent Redis on a free port; returns the process and its URL."""
+def start_redis(data_dir: Path, started: list[subprocess.Popen[bytes]] | None = None,
+                ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start a private, non-persistent Redis on a free port; returns the process and its URL.
+
+    ``started`` gets the process as soon as it exists, before the wait for its PING: a Ctrl-C during
+    that wait (``seats dev`` raises out of its signal handler) must still find it to stop it.
+    """
     port = free_port()
     command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                "--dir", str(data_dir), "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
     process = subprocess.Popen(command, start_new_session=True)
+    if started is not None:
+        started.append(process)
     url = f"redis://127.0.0.1:{port}/0"
     wait_for_redis(url, process)
     return process, url
@@ -167,8 +175,7 @@ def start_private_cluster(data_dir: Path, env: dict[str, str], processes: list[s
         cluster = start_cluster(cluster_dir, started=processes)
     except ClusterStartError as exc:
         raise DevError(str(exc)) from exc
-    queue_process, queue_url = start_redis(queue_dir)
-    processes.append(queue_process)
+    _, queue_url = start_redis(queue_dir, started=processes)
     env.update(SEATS_REDIS_CLUSTER="true", SEATS_REDIS_URL=cluster.seeds, SEATS_QUEUE_REDIS_URL=queue_url)
     print(f"private Redis Cluster at {cluster.seeds} (3 primaries, 3 replicas)", flush=True)
     print(f"private queue Redis at {queue_url}", flush=True)
@@ -181,8 +188,9 @@ def run_dev(settings: Settings | None = None, *, cluster: bool = False) -> int:
     Redis: the two would disagree on where the data lives). Raises DevError.
     """
     if cluster and os.environ.get("SEATS_REDIS_URL"):
-        raise DevError("--cluster starts a private cluster and cannot use SEATS_REDIS_URL "
-                       f"({os.environ['SEATS_REDIS_URL']}); unset it, or run `seats dev` without --cluster")
+        named = ",".join(map(redacted_url, os.environ["SEATS_REDIS_URL"].split(",")))  # a password stays out
+        raise DevError(f"--cluster starts a private cluster and cannot use SEATS_REDIS_URL ({named}); unset it, "
+                       "or run `seats dev` without --cluster")
     settings = settings or load_settings()
     with single_instance(settings):
         if port_in_use(settings.host, settings.port):
@@ -208,8 +216,7 @@ def run_dev(settings: Settings | None = None, *, cluster: bool = False) -> int:
                 if cluster:
                     start_private_cluster(Path(data_dir), env, processes)
                 elif not os.environ.get("SEATS_REDIS_URL"):
-                    redis_process, env["SEATS_REDIS_URL"] = start_redis(Path(data_dir))
-                    processes.append(redis_process)
+                    _, env["SEATS_REDIS_URL"] = start_redis(Path(data_dir), started=processes)
                     print(f"private Redis at {env['SEATS_REDIS_URL']}", flush=True)
                 else:
                     wait_for_redis(env["SEATS_REDIS_URL"])

@@ -79,8 +79,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_url: str | None = None  # where order.confirmed/failed/expired/cancelled are POSTed
     webhook_secret: str | None = None  # 'whsec_' + base64 of the signing key
     webhook_max_age_seconds: float = 24 * 3600.0  # an event not delivered by then is abandoned
-    webhook_timeout_seconds: float = 10.0  # one delivery attempt, connect to last byte
-    webhook_first_retry_seconds: float = 5.0  # backoff before the 2nd attempt; doubles, with full jitter
+    webhook_timeout_seconds: float = 10.0  # one delivery attempt, connect to the response's status line
+    webhook_first_retry_seconds: float = 5.0  # backoff before the 2nd attempt; doubles, with equal jitter
     webhook_max_retry_seconds: float = 3600.0  # the longest wait between two attempts
     webhook_relay_interval_seconds: float = 0.2  # how often a worker reads the flights' outboxes
     webhook_claim_idle_seconds: float = 30.0  # an outbox entry read but not queued this long is taken over

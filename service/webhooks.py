@@ -31,7 +31,7 @@ import httpx
 import msgspec
 from standardwebhooks import Webhook
 
-from service import metrics
+from service import errors, metrics
 from service.models import WebhookEvent, iso_ms
 from service.orders import order_from_hash
 from service.settings import Settings
@@ -66,7 +66,8 @@ def retry_delay(job_try: int, settings: Settings, rand: Callable[[float, float],
     """Seconds before try ``job_try + 1`` (``job_try`` = 1 after the first attempt): exponential, doubling from
     ``SEATS_WEBHOOK_FIRST_RETRY_SECONDS`` and capped at ``SEATS_WEBHOOK_MAX_RETRY_SECONDS``, with equal jitter
     (half fixed, half random: retries of many events spread out, yet each still backs off)."""
-    ceiling = min(settings.webhook_max_retry_seconds, settings.webhook_first_retry_seconds * 2 ** (job_try - 1))
+    doublings = min(job_try - 1, 60)  # 2**60 times any first retry is past any cap; larger would overflow a float
+    ceiling = min(settings.webhook_max_retry_seconds, settings.webhook_first_retry_seconds * 2 ** doublings)
     return float(ceiling / 2 + rand(0.0, ceiling / 2))
 
 
@@ -93,6 +94,7 @@ class Deliverer:
         self._url = settings.webhook_url
         self._signer = Webhook(settings.webhook_secret)
         self._max_age_ms = int(settings.webhook_max_age_seconds * 1000)
+        self._timeout = settings.webhook_timeout_seconds
         self._client = client or httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
 
     async def attempt(self, webhook_id: str, event_type: str, body: str, at_ms: int) -> Attempt:
@@ -110,12 +112,16 @@ class Deliverer:
     async def _post(self, webhook_id: str, body: str) -> Attempt:
         headers = signed_headers(self._signer, webhook_id, body, datetime.now(tz=UTC))
         try:
-            response = await self._client.post(self._url, content=body.encode(), headers=headers)
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each step (connect, write, every read), not the whole call: a receiver
+            # that answers slowly could outlast arq's job timeout, and a job that times out is never retried.
+            # So one bound for the whole exchange; the response's body is never read (nothing to fill memory).
+            async with asyncio.timeout(self._timeout), self._client.stream(
+                    "POST", self._url, content=body.encode(), headers=headers) as response:
+                status = response.status_code
+        except (TimeoutError, httpx.TimeoutException):
             return Attempt("timeout", done=False)
         except httpx.HTTPError:
             return Attempt("unreachable", done=False)
-        status = response.status_code
         if 200 <= status < 300:
             return Attempt("delivered", done=True, status=status)
         outcome = "redirect" if status < 400 else "client_error" if status < 500 else "server_error"
@@ -147,18 +153,35 @@ async def relay_once(outbox: Outbox, enqueue: Enqueue, consumer: str, claim_idle
     remove consumers idle that long with nothing pending (dead workers). Returns how many were queued."""
     queued = 0
     for flight_id in sorted(await outbox.flights()):
-        events: list[OutboxEvent] = []
-        if claim_idle_ms is not None:
-            events += await outbox.claim_stale(flight_id, consumer, claim_idle_ms, RELAY_BATCH)
-        if forget_idle_ms is not None:
-            await outbox.forget_consumers(flight_id, forget_idle_ms)
-        events += await outbox.read(flight_id, consumer, RELAY_BATCH)
-        for event in events:
-            await enqueue(event.webhook_id, event.type, event_body(event), event.at_ms)
+        try:
+            events = await _read_flight(outbox, consumer, flight_id, claim_idle_ms=claim_idle_ms,
+                                        forget_idle_ms=forget_idle_ms)
+        except errors.StoreUnavailable:
+            raise  # Redis away: every flight would fail alike; the pass is retried
+        except Exception:
+            # one flight's bad outbox (an entry this code cannot read, a key of another type) must not stop
+            # the events of every flight sorted after it; its entries stay pending and it is logged each pass
+            log.exception("webhook relay: a flight's outbox failed; the other flights go on",
+                          extra={"flightId": flight_id})
+            continue
+        for event, body in events:  # a queue that fails, fails the pass: the entries stay pending
+            await enqueue(event.webhook_id, event.type, body, event.at_ms)
             metrics.WEBHOOKS_QUEUED.labels(event.type).inc()
-        await outbox.done(flight_id, [event.entry_id for event in events])
+        await outbox.done(flight_id, [event.entry_id for event, _ in events])
         queued += len(events)
     return queued
+
+
+async def _read_flight(outbox: Outbox, consumer: str, flight_id: str, *, claim_idle_ms: int | None,
+                       forget_idle_ms: int | None) -> list[tuple[OutboxEvent, str]]:
+    """A flight's events to queue now, each with its body: stale ones taken over first, then new ones."""
+    events: list[OutboxEvent] = []
+    if claim_idle_ms is not None:
+        events += await outbox.claim_stale(flight_id, consumer, claim_idle_ms, RELAY_BATCH)
+    if forget_idle_ms is not None:
+        await outbox.forget_consumers(flight_id, forget_idle_ms)
+    events += await outbox.read(flight_id, consumer, RELAY_BATCH)
+    return [(event, event_body(event)) for event in events]
 
 
 async def run_relay(outbox: Outbox, enqueue: Enqueue, settings: Settings) -> None:

@@ -13,6 +13,7 @@ Nothing here is global: each call builds its own objects and ``close()`` release
 from __future__ import annotations
 
 import asyncio
+import datetime
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -200,16 +201,20 @@ async def open_worker(settings: Settings, *, sweep: bool = True, queue: ArqRedis
         services.deliverer = Deliverer(settings)
         if queue is not None:
             services.relay = asyncio.create_task(
-                run_relay(domain.store.outbox, webhook_enqueuer(queue), settings), name="webhook relay")
+                run_relay(domain.store.outbox,
+                          webhook_enqueuer(queue, settings.webhook_max_age_seconds), settings), name="webhook relay")
     return services
 
 
-def webhook_enqueuer(queue: ArqRedis) -> Callable[[str, str, str, int], Awaitable[bool]]:
+def webhook_enqueuer(queue: ArqRedis, max_age_seconds: float) -> Callable[[str, str, str, int], Awaitable[bool]]:
     """Queue one delivery job per event, job id = its ``webhook-id`` (a duplicate is refused by arq while
-    the job or its result is kept): True when it was queued anew."""
+    the job or its result is kept): True when it was queued anew. The job is kept for the event's max age
+    plus an hour: arq's default (a day, never extended by retries) would end a longer max age's retries."""
+    expires = datetime.timedelta(seconds=max_age_seconds + 3600)
 
     async def enqueue(webhook_id: str, event_type: str, body: str, at_ms: int) -> bool:
-        job = await queue.enqueue_job(WEBHOOK_JOB, webhook_id, event_type, body, at_ms, _job_id=webhook_id)
+        job = await queue.enqueue_job(WEBHOOK_JOB, webhook_id, event_type, body, at_ms, _job_id=webhook_id,
+                                      _expires=expires)
         return job is not None
 
     return enqueue

@@ -114,6 +114,24 @@ def test_dev_runs_on_the_bundled_server_without_redis_server() -> None:
     assert not listening(redis_port)
 
 
+def test_a_redis_interrupted_while_it_starts_is_still_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`seats dev` raises out of its Ctrl-C handler while it starts: a redis-server interrupted during its PING
+    wait must already be in the list that gets stopped (before, it was added only after the wait and was
+    left running, orphaned, in a deleted directory)."""
+    from service import devrunner
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl-C would, mid-wait
+
+    monkeypatch.setattr(devrunner, "wait_for_redis", interrupted)
+    started: list[subprocess.Popen[bytes]] = []
+    with pytest.raises(KeyboardInterrupt):
+        devrunner.start_redis(tmp_path, started=started)
+    assert len(started) == 1 and started[0].poll() is None
+    devrunner.stop_all(started)
+    assert started[0].poll() is not None
+
+
 # --- items 6, 7, 9, 13-17 --------------------------------------------------------------
 
 

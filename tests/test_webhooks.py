@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import redis
 from litestar.testing import TestClient
@@ -280,6 +281,7 @@ def test_retry_delays_double_with_jitter_up_to_the_cap() -> None:
     assert retry_delay(3, settings, lambda lo, hi: hi) == 20.0
     assert retry_delay(30, settings, lambda lo, hi: hi) == 3600.0
     assert retry_delay(30, settings, lambda lo, hi: lo) == 1800.0
+    assert retry_delay(5000, settings, lambda lo, hi: hi) == 3600.0  # a 1 s cap reaches such tries in ~1.4 h
 
 
 def test_an_event_a_dead_relay_read_but_never_queued_is_taken_over(
@@ -339,3 +341,61 @@ def test_an_event_past_its_max_age_is_abandoned_unsent(receiver: Receiver, make_
     assert (outcome, soon, none) == ("abandoned", 30.0, None)
     assert capped is not None and 58.0 < capped <= 59.0
     assert receiver.deliveries == []
+
+
+def test_an_answer_trickled_past_the_timeout_is_a_timed_out_attempt(make_settings: Callable[..., Settings]) -> None:
+    """SEATS_WEBHOOK_TIMEOUT_SECONDS bounds the whole attempt: a receiver that sends its status line a byte at a
+    time (each read well inside httpx's per-read timeout) still ends the attempt as `timeout` on time, so it is
+    retried; unbounded, it would outlast arq's job timeout, and a job that times out is never retried."""
+    settings = make_settings(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET,
+                             webhook_timeout_seconds=0.5)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n":
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)
+        writer.close()
+
+    async def run() -> tuple[str, float]:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        deliverer = Deliverer(msgspec.structs.replace(settings, webhook_url=f"http://127.0.0.1:{port}/hooks"))
+        try:
+            started = time.monotonic()
+            attempt = await deliverer.attempt("msg_slow", "order.cancelled", "{}", int(time.time() * 1000))
+            return attempt.outcome, time.monotonic() - started
+        finally:
+            await deliverer.aclose()
+            server.close()
+
+    outcome, took = asyncio.run(run())
+    assert outcome == "timeout"
+    assert took < 2.0  # the trickle alone takes ~4 s
+
+
+def test_one_flights_broken_outbox_does_not_stop_the_others(
+        make_client: Callable[..., TestClient[Any]], make_settings: Callable[..., Settings], redis_url: str) -> None:
+    """A flight whose outbox the relay cannot read (here a key of another type, sorted before FL-001) is logged
+    and skipped; the events of the flights after it are still queued in the same pass."""
+    client = make_client(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET)
+    order_id, token = new_order(client)
+    client.delete(f"/orders/{order_id}", headers=auth(token))
+    data = redis.Redis.from_url(redis_url)
+    data.sadd(keys.CATALOG, "AA-000")
+    data.set(keys.outbox("AA-000"), "not a stream")
+    data.close()
+
+    async def run() -> tuple[int, list[str]]:
+        store = await open_store(make_settings(webhook_url="http://127.0.0.1:9/hooks", webhook_secret=SECRET))
+        queued: list[str] = []
+
+        async def enqueue(webhook_id: str, event_type: str, body: str, at_ms: int) -> None:
+            queued.append(event_type)
+
+        try:
+            return await relay_once(store.outbox, enqueue, "worker", None), queued
+        finally:
+            await store.aclose()
+
+    assert asyncio.run(run()) == (1, ["order.cancelled"])
