@@ -455,3 +455,36 @@ local function check_seat_keys(current_csv, wanted_ids)
   if missing then return fail('KEYS_MISMATCH', 'no key for ' .. missing) end
   return nil
 end
+
+-- ---- the two halves every owner's write (hold_seats, begin_payment, cancel_order) begins with ----------
+
+-- The order of KEYS[4], found by its token (ARGV[5]), still its caller's subject's, with the seats the caller
+-- last saw. Returns the order, or nil and the error reply.
+local function load_owned_order()
+  local order = load_order(KEYS[4], ARGV[5])
+  if not order then return nil, fail('NOT_FOUND', ARGV[4]) end
+  local refused = check_subject(order) or check_expected_seats(order)
+  if refused then return nil, refused end
+  return order
+end
+
+-- After the script's own checks of the request: the Idempotency-Key's replay, the subject's write token,
+-- then the order's state as of now (a terminal order is CLOSED; a lapsed one is expired first, whatever the
+-- request asks, spec section 11; a paying one refuses). Returns nil, spec, now, controls; or the reply to
+-- return at once.
+local function admit_owner_write(order)
+  local spec = idempotency()
+  local replay = replayed(spec)
+  if replay then return replay end
+  local now = now_ms()
+  local c = controls()
+  local limited = take_token(c, now)
+  if limited then return limited end
+  if TERMINAL[order.state] then return fail('CLOSED', order.state) end
+  if hold_expired(order, now) then
+    expire_now(expired_message(order))
+    return order_reply('EXPIRED')
+  end
+  if order.state == 'PAYING' then return fail('PAYING') end
+  return nil, spec, now, c
+end

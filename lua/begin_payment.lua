@@ -11,22 +11,10 @@
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
 --         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING, NO_SEATS,
 --         CONFLICT <seat>:<held|confirmed|blocked>,...
-local order = load_order(KEYS[4], ARGV[5])
-if not order then return fail('NOT_FOUND', ARGV[4]) end
-local refused = check_subject(order) or check_expected_seats(order)
-if refused then return refused end
-local spec = idempotency()
-local replay = replayed(spec)
-if replay then return replay end
-local now = now_ms()
-local limited = take_token(controls(), now)
-if limited then return limited end
-if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if hold_expired(order, now) then
-  expire_now(expired_message(order))
-  return order_reply('EXPIRED')
-end
-if order.state == 'PAYING' then return fail('PAYING') end
+local order, refused = load_owned_order()
+if not order then return refused end
+local reply, spec, now = admit_owner_write(order)
+if reply then return reply end
 if order.seats == '' or #KEYS < FIRST_SEAT then return fail('NO_SEATS') end
 
 local lost = check_seats_still_ours()

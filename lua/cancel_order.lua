@@ -6,22 +6,10 @@
 -- Returns {'OK', order, flight version, rate}, {'EXPIRED', order} or {'REPLAY', idempotency record}.
 -- Errors: NOT_FOUND, SUBJECT <subject key>, STALE <seats>, IDEMPOTENCY_REUSED,
 --         RATE_LIMITED <retry ms> <rate> <window ms>, CLOSED <state>, PAYING.
-local order = load_order(KEYS[4], ARGV[5])
-if not order then return fail('NOT_FOUND', ARGV[4]) end
-local refused = check_subject(order) or check_expected_seats(order)
-if refused then return refused end
-local spec = idempotency()
-local replay = replayed(spec)
-if replay then return replay end
-local now = now_ms()
-local limited = take_token(controls(), now)
-if limited then return limited end
-if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if hold_expired(order, now) then
-  expire_now(expired_message(order))
-  return order_reply('EXPIRED')
-end
-if order.state == 'PAYING' then return fail('PAYING') end
+local order, refused = load_owned_order()
+if not order then return refused end
+local reply, spec, now = admit_owner_write(order)
+if reply then return reply end
 
 local changes = release_seats(FIRST_SEAT, {})
 redis.call('ZREM', KEYS[3], ARGV[4])

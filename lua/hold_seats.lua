@@ -16,28 +16,14 @@
 --         <window ms>, CLOSED <state>, PAYING, SUBJECT_LIMIT seats <limit> <current>,
 --         CONFLICT <seat>:<held|confirmed|blocked>,...
 -- A lapsed order is expired first, whatever else the request asks (PAYING included).
-local order = load_order(KEYS[4], ARGV[5])
-if not order then return fail('NOT_FOUND', ARGV[4]) end
-local refused = check_subject(order) or check_expected_seats(order)
-if refused then return refused end
+local order, refused = load_owned_order()
+if not order then return refused end
 if redis.call('HGET', KEYS[1], 'layoutRev') ~= ARGV[10] then return fail('LAYOUT') end
 local wanted_ids = split_csv(ARGV[12])
 local bad_keys = check_seat_keys(order.seats, wanted_ids)
 if bad_keys then return bad_keys end
-local spec = idempotency()
-local replay = replayed(spec)
-if replay then return replay end
-
-local now = now_ms()
-local c = controls()
-local limited = take_token(c, now)
-if limited then return limited end
-if TERMINAL[order.state] then return fail('CLOSED', order.state) end
-if hold_expired(order, now) then
-  expire_now(expired_message(order))
-  return order_reply('EXPIRED')
-end
-if order.state == 'PAYING' then return fail('PAYING') end
+local reply, spec, now, c = admit_owner_write(order)
+if reply then return reply end
 
 -- The cap needs no refusal of its own: an order whose hold is still running is before its cap, or an
 -- operator extended it past the cap (admin_extend.lua), and that running deadline is then the cap.
