@@ -139,11 +139,26 @@ def redis_cluster() -> Iterator[Any]:
         yield cluster
 
 
+PLANES = ("standalone", "cluster")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``both_planes`` (a module's or class's ``pytestmark``) run once per data plane."""
+    if "plane" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_planes"):
+        metafunc.parametrize("plane", PLANES, indirect=True)
+
+
 @pytest.fixture
-def plane() -> str:
-    """Which data plane the service's settings point at: a single Redis here; modules that run on both
-    override this fixture with ``params=["standalone", "cluster"]``."""
-    return "standalone"
+def plane(request: pytest.FixtureRequest) -> str:
+    """Which data plane the service's settings point at: a single Redis, or for tests marked ``both_planes``
+    each of a single Redis and the session's local Redis Cluster in turn."""
+    return str(getattr(request, "param", "standalone"))
+
+
+def standalone_only(plane: str, why: str) -> None:
+    """Skip, saying why, a test that hurts the single Redis itself (the cluster's faults: test_cluster_faults)."""
+    if plane == "cluster":
+        pytest.skip(f"single-Redis fault ({why}); the cluster's own faults are in tests/test_cluster_faults.py")
 
 
 @pytest.fixture

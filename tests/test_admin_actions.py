@@ -22,10 +22,7 @@ from tests.helpers import auth, hold, new_order, seat_statuses
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
-    return str(request.param)
+pytestmark = pytest.mark.both_planes
 
 
 def admin_post(client: TestClient[Any], path: str, body: Any) -> Any:

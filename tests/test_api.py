@@ -8,20 +8,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import run_worker_burst
+from tests.conftest import run_worker_burst, standalone_only
 from tests.helpers import auth, hold, new_order, seat_statuses
 
-
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
-    return str(request.param)
-
-
-def standalone_only(plane: str, why: str) -> None:
-    """Skip, saying why, a test that hurts the single Redis itself (the cluster's faults: test_cluster_faults)."""
-    if plane == "cluster":
-        pytest.skip(f"single-Redis fault ({why}); the cluster's own faults are in tests/test_cluster_faults.py")
+pytestmark = pytest.mark.both_planes
 
 
 def test_catalogue_lists_default_flight(client: Any) -> None:

@@ -13,22 +13,13 @@ import pytest
 import redis
 import redis.cluster
 
-from tests.conftest import LiveServer, RedisServer
+from tests.conftest import LiveServer, RedisServer, standalone_only
 from tests.sse import Watch, apply, versions
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
-    return str(request.param)
-
-
-def standalone_only(plane: str, why: str) -> None:
-    """Skip, saying why, a test that hurts the single Redis itself (the cluster's faults: test_cluster_faults)."""
-    if plane == "cluster":
-        pytest.skip(f"single-Redis fault ({why}); the cluster's own faults are in tests/test_cluster_faults.py")
+pytestmark = pytest.mark.both_planes
 
 
 def auth(token: str) -> dict[str, str]:

@@ -21,10 +21,7 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 Entry = dict[str, Any]
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
-    return str(request.param)
+pytestmark = pytest.mark.both_planes
 
 
 def history(client: TestClient[Any], path: str, headers: dict[str, str] | None = None, **query: Any) -> Any:

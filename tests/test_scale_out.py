@@ -14,17 +14,11 @@ from tests.conftest import Processes
 from tests.helpers import auth
 from tests.sse import Event, Watch, apply
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120), pytest.mark.both_planes]
 
 FLIGHT = "FL-001"
 DELIVERY_BOUND_SECONDS = 1.0  # spec §12: "within 1 second", from the response to the request
 CHANGES = 8  # per direction
-
-
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """Both data planes: a single Redis, and the session's local Redis Cluster."""
-    return str(request.param)
 
 
 def plane_env(plane: str, data_url: str, redis_url: str) -> dict[str, str]:

@@ -215,10 +215,7 @@ class ReservationMachine(RuleBasedStateMachine):
                 assert not any(v and v.startswith(f"H|{order_id}|") for v in held), "a terminal order holds seats"
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """This module runs on a single Redis and on a local Redis Cluster (spec §12: unchanged behaviour)."""
-    return str(request.param)
+pytestmark = pytest.mark.both_planes
 
 
 @pytest.mark.timeout(600)

@@ -22,10 +22,7 @@ from tests.sse import Watch, apply
 FLIGHT = "FL-001"
 
 
-@pytest.fixture(params=["standalone", "cluster"])
-def plane(request: pytest.FixtureRequest) -> str:
-    """Both data planes (the cluster: the session's, which these tests do not hurt)."""
-    return str(request.param)
+pytestmark = pytest.mark.both_planes
 
 
 def http_client(live: LiveServer) -> httpx.AsyncClient:

@@ -120,11 +120,9 @@ def verified(delivery: Delivery) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.both_planes
 class TestDelivery:
-    @pytest.fixture(params=["standalone", "cluster"])
-    def plane(self, request: pytest.FixtureRequest) -> str:
-        """Delivery is checked on a single Redis and on the local Redis Cluster (queue on its own Redis)."""
-        return str(request.param)
+    """Delivery is checked on a single Redis and on the local Redis Cluster (queue on its own Redis)."""
 
     def test_each_terminal_state_is_posted_once_and_signed(
             self, make_client: Callable[..., TestClient[Any]], receiver: Receiver, processes: Processes) -> None:
